@@ -1,0 +1,30 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv (venv + pip)
+# when missing and installs what it needs first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test ui lint bench clean-demo
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: 2.13.0 is the CPU wheel on disk; a wider range would pull a CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/lora-pipeline demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+ui: $(STAMP)
+	$(VENV)/bin/lora-pipeline ui
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	@for b in bench/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done

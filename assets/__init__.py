@@ -1,0 +1,33 @@
+"""The Dagster layer: assets grouped by domain (dataset, training, evaluation, reports).
+
+Each domain module exposes `definitions(config) -> dg.Definitions`; `build_definitions` merges them
+with the shared resources. The domain logic lives in `lora_pipeline/`; these modules only call it.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from lora_pipeline.config import load_config
+
+# Domain modules, in graph order. Each has `definitions(config) -> dg.Definitions`; a module not
+# written yet is skipped, so the code location always loads what exists.
+DOMAIN_MODULES: list[str] = ["dataset", "training", "evaluation", "reports"]
+
+
+def build_definitions(config_path: str | None = None) -> dg.Definitions:
+    import importlib
+
+    from resources import build_resources
+
+    config = load_config(config_path)
+    parts = []
+    for name in DOMAIN_MODULES:
+        try:
+            module = importlib.import_module(f"assets.{name}")
+        except ModuleNotFoundError as e:
+            if e.name != f"assets.{name}":
+                raise
+            continue
+        parts.append(module.definitions(config))
+    return dg.Definitions.merge(*parts, dg.Definitions(resources=build_resources(config)))

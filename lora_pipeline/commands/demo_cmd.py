@@ -1,0 +1,39 @@
+"""`lora-pipeline demo`: build the demo workspace, run the asset graph on it, print the verdicts."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dir", help="demo workspace folder (default: $LORA_PIPELINE_DEMO_DIR or ~/.lora_pipeline/demo)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+
+    from tqdm import tqdm
+
+    from lora_pipeline.config import DEMO_DIR_ENV, load_config
+
+    if args.dir:
+        os.environ[DEMO_DIR_ENV] = os.path.abspath(args.dir)
+    # The demo always runs on the embedded default config (CONTRACT section 1), whatever is in cwd.
+    os.environ.pop("LORA_PIPELINE_CONFIG", None)
+    config = load_config(args.config)
+    print(f"demo workspace: {config.root} (config: {config.source_label})", flush=True)
+
+    from lora_pipeline.demo import build_demo_workspace
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(name: str, step: int, total: int) -> None:
+        bar = bars.get(name) or bars.setdefault(name, tqdm(total=total, desc=f"train {name}", unit="step"))
+        bar.update(1)
+        if step == total:
+            bar.close()
+
+    build_demo_workspace(config, log=lambda m: print(m, flush=True), progress=progress)
+    from lora_pipeline.demo_report import run_demo_graph
+
+    return run_demo_graph(config)

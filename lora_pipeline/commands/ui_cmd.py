@@ -1,0 +1,28 @@
+"""`lora-pipeline ui`: the Dagster UI on 127.0.0.1, on the same instance the CLI uses."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=3000)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lora_pipeline.config import CONFIG_ENV, load_config
+    from lora_pipeline.instance import prepare_dagster_home
+
+    config = load_config(args.config)
+    env = dict(os.environ)
+    env["DAGSTER_HOME"] = str(prepare_dagster_home(config))
+    if config.source:
+        env[CONFIG_ENV] = str(config.source)  # the code location must read the same config
+    cmd = [sys.executable, "-m", "dagster", "dev", "-m", "lora_pipeline.definitions",
+           "-h", args.host, "-p", str(args.port)]
+    print(f"Dagster UI on http://{args.host}:{args.port} (DAGSTER_HOME={env['DAGSTER_HOME']})", flush=True)
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached

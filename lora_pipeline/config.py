@@ -1,0 +1,188 @@
+"""The one configuration model (CONTRACT section 1).
+
+Found in this order: `--config FILE`, the env var `LORA_PIPELINE_CONFIG`, `./lora_pipeline.yaml`;
+with none of them the embedded demo workspace's config is used. Relative paths are resolved against
+the config file's folder. Unknown or mistyped keys raise `ConfigError`, whose message is one line
+naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources as importlib_resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+CONFIG_ENV = "LORA_PIPELINE_CONFIG"
+DEMO_DIR_ENV = "LORA_PIPELINE_DEMO_DIR"
+CONFIG_FILENAME = "lora_pipeline.yaml"
+
+
+class ConfigError(Exception):
+    """A bad or missing configuration; the message is one line naming the file and key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetConfig(_Strict):
+    path: Path
+    trigger: str | None = None
+
+
+class EvalConfig(_Strict):
+    prompts: list[str] = Field(default_factory=lambda: ["a photo of {trigger} on a white background"])
+    negative_prompt: str = ""
+    seeds: list[int] = Field(default_factory=lambda: [11, 22])
+    width: int = Field(512, ge=8)
+    height: int = Field(512, ge=8)
+    steps: int = Field(30, ge=1)
+    guidance_scale: float = 7.0
+    scheduler: str | None = None
+    lora_scale: float = 1.0
+    clip_model: Path | None = None  # optional local CLIP folder for a text-image score
+
+    @field_validator("prompts", "seeds")
+    @classmethod
+    def _non_empty(cls, v: list) -> list:
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+
+class RuntimeConfig(_Strict):
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v in ("auto", "cpu", "cuda", "mps") or (v.startswith("cuda:") and v[5:].isdigit()):
+            return v
+        raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+
+
+class ChecksConfig(_Strict):
+    """Thresholds of the dataset and training checks (documented in docs/findings.md)."""
+
+    resolution: int = Field(512, ge=1)  # training resolution images are compared against
+    min_images: int = Field(10, ge=1)
+    min_distinct_caption_ratio: float = Field(0.5, ge=0, le=1)
+    near_duplicate_distance: int = Field(4, ge=0, le=64)  # perceptual-hash Hamming distance
+    full_verify: bool = False  # re-hash every file on re-snapshot, even when size+mtime are unchanged
+
+
+class Config(_Strict):
+    storage: Path = Path(".lora_pipeline/storage")
+    datasets: dict[str, DatasetConfig] = Field(default_factory=dict)
+    training_runs: Path = Path("runs")
+    base_models: dict[str, Path] = Field(default_factory=dict)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+    checks: ChecksConfig = Field(default_factory=ChecksConfig)
+    # Where this config came from: the file, or None for the embedded demo default.
+    source: Path | None = Field(default=None, exclude=True)
+    root: Path = Field(default=Path("."), exclude=True)
+
+    @property
+    def dagster_home(self) -> Path:
+        """The Dagster instance the CLI and the UI share: inside the workspace."""
+        return self.root / ".dagster"
+
+    @property
+    def source_label(self) -> str:
+        return str(self.source) if self.source else "<embedded demo config>"
+
+
+def demo_dir() -> Path:
+    """The embedded demo workspace (built by `lora-pipeline demo`)."""
+    env = os.environ.get(DEMO_DIR_ENV)
+    return Path(env).expanduser().resolve() if env else Path.home() / ".lora_pipeline" / "demo"
+
+
+def demo_config_text() -> str:
+    return importlib_resources.files("lora_pipeline").joinpath("demo_config.yaml").read_text("utf-8")
+
+
+def find_config_file(cli_path: str | os.PathLike | None = None) -> Path | None:
+    """The config file by CONTRACT precedence, or None for the embedded default."""
+    if cli_path:
+        p = Path(cli_path).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found (--config)")
+        return p.resolve()
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found ({CONFIG_ENV})")
+        return p.resolve()
+    local = Path.cwd() / CONFIG_FILENAME
+    return local.resolve() if local.is_file() else None
+
+
+def load_config(cli_path: str | os.PathLike | None = None) -> Config:
+    path = find_config_file(cli_path)
+    if path is None:
+        return parse_config(demo_config_text(), root=demo_dir(), source=None)
+    try:
+        text = path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read config ({e.__class__.__name__}: {e})") from None
+    return parse_config(text, root=path.parent, source=path)
+
+
+def parse_config(text: str, root: Path, source: Path | None) -> Config:
+    label = str(source) if source else "<embedded demo config>"
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{label}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{label}: top level must be a mapping of keys, got {type(raw).__name__}")
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{label}: {_describe(e)}") from None
+    return _resolve_paths(cfg, root.resolve(), source)
+
+
+def _describe(e: ValidationError) -> str:
+    err = e.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "<top level>"
+    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    if err["type"] == "extra_forbidden":
+        return f"unknown key '{key}'{more}"
+    got = err.get("input")
+    got_s = "" if isinstance(got, dict) else f", got {got!r}"
+    return f"key '{key}': {err['msg']}{got_s}{more}"
+
+
+def _abs(root: Path, p: Path) -> Path:
+    p = p.expanduser()
+    return p if p.is_absolute() else (root / p)
+
+
+def _resolve_paths(cfg: Config, root: Path, source: Path | None) -> Config:
+    datasets = {
+        name: d.model_copy(update={"path": _abs(root, d.path)}) for name, d in cfg.datasets.items()
+    }
+    update: dict[str, Any] = {
+        "storage": _abs(root, cfg.storage),
+        "training_runs": _abs(root, cfg.training_runs),
+        "base_models": {k: _abs(root, v) for k, v in cfg.base_models.items()},
+        "datasets": datasets,
+        "source": source,
+        "root": root,
+    }
+    if cfg.eval.clip_model is not None:
+        update["eval"] = cfg.eval.model_copy(update={"clip_model": _abs(root, cfg.eval.clip_model)})
+    return cfg.model_copy(update=update)

@@ -1,0 +1,177 @@
+"""Reading a dataset folder in every layout of CONTRACT section 1, without judging it.
+
+- same-stem `.txt` / `.caption` files beside the images, at any depth;
+- kohya `<repeats>_<name>` folders (the repeat count is recorded per image);
+- `metadata.jsonl` / `metadata.csv` with `file_name` + `text` (imagefolder style), in any folder,
+  `file_name` relative to that file's folder.
+
+Hidden and system files are ignored. Symlinks that leave the dataset root are refused and listed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
+CAPTION_EXTENSIONS = (".txt", ".caption")  # .txt wins when both exist
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "__macosx", "$recycle.bin"})
+_REPEAT_DIR = re.compile(r"^(\d+)_(.+)$")
+
+
+class DatasetError(Exception):
+    """The dataset cannot be read at all (missing folder, empty); one line naming the path."""
+
+
+@dataclass
+class Pair:
+    image: str  # path relative to the dataset root, POSIX separators
+    caption_source: str | None  # caption file or metadata file (relative), None when uncaptioned
+    caption: str | None  # caption text (None: no caption)
+    repeats: int = 1
+    caption_decode_error: bool = False  # caption was not UTF-8; read with replacement characters
+
+
+@dataclass
+class DatasetListing:
+    root: Path
+    pairs: list[Pair] = field(default_factory=list)
+    orphan_captions: list[str] = field(default_factory=list)  # caption files / metadata rows without image
+    refused_symlinks: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # every regular file considered (relative)
+
+    @property
+    def images(self) -> list[str]:
+        return [p.image for p in self.pairs]
+
+
+def _ignored(name: str) -> bool:
+    return name.startswith(".") or name.lower() in SYSTEM_FILES
+
+
+def read_text_lenient(path: Path) -> tuple[str, bool]:
+    """Read a caption; non-UTF-8 bytes become replacement characters and are flagged."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig"), False
+    except UnicodeDecodeError:
+        return data.decode("utf-8", errors="replace"), True
+
+
+def _repeats_for(rel: Path) -> int:
+    for part in reversed(rel.parts[:-1]):
+        m = _REPEAT_DIR.match(part)
+        if m:
+            return max(1, int(m.group(1)))
+    return 1
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        path.resolve().relative_to(root)
+        return True
+    except (ValueError, OSError):
+        return False
+
+
+def walk_files(root: Path) -> tuple[list[Path], list[str]]:
+    """Regular files under root (relative), and symlinks refused because they leave the root."""
+    files: list[Path] = []
+    refused: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        d = Path(dirpath)
+        keep = []
+        for name in sorted(dirnames):
+            if _ignored(name):
+                continue
+            p = d / name
+            if p.is_symlink():
+                # A linked folder inside the root is already walked; one outside is refused.
+                if not _inside(root, p):
+                    refused.append((p.relative_to(root)).as_posix())
+                continue
+            keep.append(name)
+        dirnames[:] = keep
+        for name in sorted(filenames):
+            if _ignored(name):
+                continue
+            p = d / name
+            if p.is_symlink() and not _inside(root, p):
+                refused.append(p.relative_to(root).as_posix())
+                continue
+            if p.is_file():
+                files.append(p.relative_to(root))
+    return files, refused
+
+
+def _read_metadata(path: Path, root: Path) -> dict[str, tuple[str, str]]:
+    """file_name (relative to root) -> (caption text, metadata file relative)."""
+    rel_meta = path.relative_to(root).as_posix()
+    text, _ = read_text_lenient(path)
+    rows: list[dict] = []
+    if path.name.endswith(".jsonl"):
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}: line {n} is not valid JSON ({e.msg})") from None
+    else:
+        rows = list(csv.DictReader(io.StringIO(text)))
+    out: dict[str, tuple[str, str]] = {}
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or "file_name" not in row:
+            raise DatasetError(f"{path}: row {n} has no 'file_name'")
+        target = (path.parent / str(row["file_name"])).relative_to(root) if not os.path.isabs(
+            str(row["file_name"])) else None
+        if target is None:
+            raise DatasetError(f"{path}: row {n} file_name must be relative")
+        out[Path(os.path.normpath(target)).as_posix()] = (str(row.get("text") or ""), rel_meta)
+    return out
+
+
+def list_dataset(root: str | os.PathLike) -> DatasetListing:
+    """Pair every image with its caption; list orphans and refused symlinks."""
+    root_p = Path(root).expanduser()
+    if not root_p.is_dir():
+        raise DatasetError(f"{root_p}: dataset folder not found")
+    root_p = root_p.resolve()
+    files, refused = walk_files(root_p)
+    listing = DatasetListing(root=root_p, refused_symlinks=refused,
+                             files=[f.as_posix() for f in files])
+    metadata: dict[str, tuple[str, str]] = {}
+    for f in files:
+        if f.name in METADATA_FILES:
+            metadata.update(_read_metadata(root_p / f, root_p))
+    images = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
+    captions = {f.with_suffix("").as_posix() + f.suffix: f for f in files
+                if f.suffix in CAPTION_EXTENSIONS and f.name not in METADATA_FILES}
+    used: set[str] = set()
+    for img in images:
+        rel = img.as_posix()
+        pair = Pair(image=rel, caption_source=None, caption=None, repeats=_repeats_for(img))
+        stem = img.with_suffix("").as_posix()
+        for ext in CAPTION_EXTENSIONS:
+            cap = captions.get(stem + ext)
+            if cap is not None:
+                pair.caption, pair.caption_decode_error = read_text_lenient(root_p / cap)
+                pair.caption = pair.caption.strip()
+                pair.caption_source = cap.as_posix()
+                used.add(cap.as_posix())
+                break
+        if pair.caption is None and rel in metadata:
+            pair.caption, pair.caption_source = metadata[rel][0].strip(), metadata[rel][1]
+        listing.pairs.append(pair)
+    image_set = {i.as_posix() for i in images}
+    listing.orphan_captions = sorted(
+        [c.as_posix() for c in captions.values() if c.as_posix() not in used]
+        + [f"{src}#{name}" for name, (_, src) in metadata.items() if name not in image_set]
+    )
+    return listing

@@ -1,0 +1,257 @@
+"""What a LoRA file holds: key format, metadata, rank and alpha per module, weight-delta norms,
+NaN/Inf, and the base architecture it was likely trained for (from key names and shapes).
+
+Pure numpy: no torch, so `lora-pipeline inspect` and checkpoint analysis stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lora_pipeline.lora.safetensors_file import SafetensorsFile, read_safetensors
+
+# (pattern, kind) for the key families in the wild. `module` is the module path, `part` A/B/alpha.
+_KEY_PATTERNS: list[tuple[str, re.Pattern]] = [
+    ("kohya", re.compile(r"^(?P<module>lora_(?:unet|te\d?|transformer)_[^.]+)\.(?P<part>lora_down\.weight|lora_up\.weight|alpha)$")),
+    ("peft", re.compile(r"^(?P<module>.+?)\.(?P<part>lora_[AB](?:\.[^.]+)?\.weight)$")),
+    ("diffusers", re.compile(r"^(?P<module>.+?)\.(?P<part>lora\.(?:down|up)\.weight)$")),
+    ("diffusers-legacy", re.compile(r"^(?P<module>.+?)_lora\.(?P<part>(?:down|up)\.weight)$")),
+    ("lycoris", re.compile(r"^(?P<module>lora_[^.]+)\.(?P<part>(?:hada|lokr)_[^.]+|dora_scale)$")),
+]
+_DOWN = ("lora_down.weight", "lora.down.weight", "down.weight")
+_UP = ("lora_up.weight", "lora.up.weight", "up.weight")
+
+
+@dataclass
+class ModuleInfo:
+    name: str
+    rank: int | None = None
+    alpha: float | None = None
+    alpha_source: str = "none"  # tensor | metadata | none (scale assumed 1.0, i.e. alpha == rank)
+    in_features: int | None = None
+    out_features: int | None = None
+    delta_norm: float | None = None  # ||scale * B @ A||_F
+    up_norm: float | None = None
+    nonfinite: int = 0
+
+
+@dataclass
+class LoraFileReport:
+    path: str
+    sha256: str
+    size: int
+    key_format: str
+    tensors: int
+    metadata: dict[str, Any]
+    modules: list[ModuleInfo] = field(default_factory=list)
+    components: dict[str, int] = field(default_factory=dict)  # unet / text_encoder / ... -> modules
+    unmatched_keys: list[str] = field(default_factory=list)
+    nonfinite_tensors: list[str] = field(default_factory=list)
+    architecture: dict[str, Any] = field(default_factory=dict)
+    declared: dict[str, Any] = field(default_factory=dict)  # rank/alpha/trigger/base from metadata
+
+    @property
+    def ranks(self) -> list[int]:
+        return sorted({m.rank for m in self.modules if m.rank is not None})
+
+    @property
+    def total_delta_norm(self) -> float:
+        return float(np.sqrt(sum((m.delta_norm or 0.0) ** 2 for m in self.modules)))
+
+    @property
+    def all_zero(self) -> bool:
+        return bool(self.modules) and all((m.up_norm or 0.0) == 0.0 for m in self.modules)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(ranks=self.ranks, total_delta_norm=self.total_delta_norm, all_zero=self.all_zero)
+        return d
+
+
+def _component(module: str) -> str:
+    if module.startswith(("lora_unet_", "unet.")):
+        return "unet"
+    if module.startswith(("lora_te2_", "text_encoder_2.")):
+        return "text_encoder_2"
+    if module.startswith(("lora_te1_", "lora_te_", "text_encoder.")):
+        return "text_encoder"
+    if module.startswith(("lora_transformer_", "transformer.")):
+        return "transformer"
+    return "unet" if module.startswith(("down_blocks", "up_blocks", "mid_block")) else "other"
+
+
+def _adapter_metadata(md: dict[str, str]) -> dict[str, Any]:
+    raw = md.get("lora_adapter_metadata")
+    if not raw:
+        return {}
+    try:
+        v = json.loads(raw)
+        return v if isinstance(v, dict) else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def _declared(md: dict[str, str]) -> dict[str, Any]:
+    """Rank, alpha, trigger and base facts the header declares (kohya ss_*, modelspec, diffusers)."""
+    out: dict[str, Any] = {}
+    adapter = _adapter_metadata(md)
+    for prefix in ("unet.", "transformer.", ""):
+        if f"{prefix}r" in adapter:
+            out["rank"] = adapter[f"{prefix}r"]
+            out["alpha"] = adapter.get(f"{prefix}lora_alpha")
+            out["alpha_source"] = "lora_adapter_metadata"
+            break
+    if "ss_network_dim" in md:
+        out.setdefault("rank", _num(md["ss_network_dim"]))
+    if "ss_network_alpha" in md:
+        out.setdefault("alpha", _num(md["ss_network_alpha"]))
+    for key, name in (("modelspec.trigger_phrase", "trigger"), ("ss_base_model_version", "base_model_version"),
+                      ("ss_sd_model_name", "base_model_name"), ("ss_new_sd_model_hash", "base_model_hash"),
+                      ("modelspec.architecture", "modelspec_architecture"), ("ss_steps", "step"),
+                      ("ss_epoch", "epoch"), ("ss_resolution", "resolution")):
+        if md.get(key):
+            out[name] = md[key]
+    return out
+
+
+def _num(s: str) -> float | int | None:
+    try:
+        f = float(s)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if f.is_integer() else f
+
+
+def infer_architecture(modules: list[ModuleInfo], keys: list[str]) -> dict[str, Any]:
+    """Likely base family from key names and cross-attention widths."""
+    joined = "\n".join(keys)
+    if re.search(r"(single_transformer_blocks|double_blocks|single_blocks|transformer_blocks\.\d+\.ff_context)", joined):
+        return {"family": "flux", "evidence": "FLUX transformer block names"}
+    if re.search(r"(lora_te2_|text_encoder_2\.|input_blocks_\d+_1_transformer_blocks_[1-9])", joined):
+        return {"family": "sdxl", "evidence": "second text encoder or SDXL-style deep transformer blocks"}
+    widths = sorted({m.in_features for m in modules if m.in_features and re.search(r"attn2[._]to_[kv]$", m.name)})
+    evidence = {"cross_attention_dim": widths[0] if len(widths) == 1 else widths}
+    family = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(widths[0]) if len(widths) == 1 else None
+    if family:
+        return {"family": family, **evidence}
+    if any(k.startswith(("lora_unet_", "unet.", "down_blocks", "up_blocks")) for k in keys):
+        # A UNet LoRA of an unfamiliar width (e.g. the toy model): same family as SD1.x by layout.
+        return {"family": "sd-unet", "note": "SD-style UNet keys with a non-standard width", **evidence}
+    return {"family": "unknown", **evidence}
+
+
+def analyse(sf: SafetensorsFile) -> LoraFileReport:
+    keys = sf.keys()
+    by_module: dict[str, dict[str, str]] = {}
+    formats: dict[str, int] = {}
+    unmatched = []
+    for k in keys:
+        for kind, pat in _KEY_PATTERNS:
+            m = pat.match(k)
+            if m:
+                part = m["part"]
+                part = re.sub(r"^lora_([AB])\.[^.]+\.weight$", r"lora_\1.weight", part)  # named adapters
+                by_module.setdefault(m["module"], {})[part] = k
+                formats[kind] = formats.get(kind, 0) + 1
+                break
+        else:
+            unmatched.append(k)
+    key_format = max(formats, key=formats.get) if formats else "unknown"
+    if len(formats) > 1:
+        key_format = "mixed(" + ",".join(sorted(formats)) + ")"
+    md_alpha = _declared(sf.metadata)
+    report = LoraFileReport(path=str(sf.path), sha256=sf.sha256, size=sf.size, key_format=key_format,
+                            tensors=len(keys), metadata=_readable_metadata(sf.metadata), unmatched_keys=unmatched,
+                            declared=md_alpha)
+    for k in keys:
+        arr = sf.tensor(k)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            report.nonfinite_tensors.append(k)
+    for module, parts in sorted(by_module.items()):
+        report.modules.append(_module_info(sf, module, parts, md_alpha))
+        comp = _component(module)
+        report.components[comp] = report.components.get(comp, 0) + 1
+    report.architecture = infer_architecture(report.modules, keys)
+    return report
+
+
+def _module_info(sf: SafetensorsFile, module: str, parts: dict[str, str], declared: dict) -> ModuleInfo:
+    info = ModuleInfo(name=module)
+    down_k = next((parts[p] for p in ("lora_A.weight", *_DOWN) if p in parts), None)
+    up_k = next((parts[p] for p in ("lora_B.weight", *_UP) if p in parts), None)
+    if down_k is None or up_k is None:
+        return info
+    a = sf.tensor(down_k).astype(np.float64)
+    b = sf.tensor(up_k).astype(np.float64)
+    info.rank = int(a.shape[0])
+    a2 = a.reshape(a.shape[0], -1)
+    b2 = b.reshape(b.shape[0], -1)
+    info.in_features, info.out_features = int(a2.shape[1]), int(b2.shape[0])
+    info.nonfinite = int((~np.isfinite(a2)).sum() + (~np.isfinite(b2)).sum())
+    if "alpha" in parts:
+        info.alpha, info.alpha_source = float(sf.tensor(parts["alpha"]).reshape(-1)[0]), "tensor"
+    elif declared.get("alpha") is not None:
+        info.alpha, info.alpha_source = float(declared["alpha"]), "metadata"
+    scale = (info.alpha / info.rank) if info.alpha is not None and info.rank else 1.0
+    with np.errstate(all="ignore"):
+        info.up_norm = float(np.linalg.norm(b2))
+        if b2.shape[1] == a2.shape[0]:
+            # ||B A||_F^2 = trace((B^T B)(A A^T)): r x r products, cheap for wide modules.
+            sq = float(np.trace((b2.T @ b2) @ (a2 @ a2.T)))
+            info.delta_norm = float(scale * np.sqrt(max(sq, 0.0))) if np.isfinite(sq) else float("nan")
+    return info
+
+
+def _readable_metadata(md: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in sorted(md.items()):
+        if k == "lora_adapter_metadata" or (k.startswith("ss_") and v[:1] in "{["):
+            try:
+                out[k] = json.loads(v)
+                continue
+            except json.JSONDecodeError:
+                pass
+        out[k] = v
+    return out
+
+
+def inspect_file(path: str | Path) -> LoraFileReport:
+    return analyse(read_safetensors(path))
+
+
+def format_report(r: LoraFileReport) -> str:
+    """The human-readable text of `lora-pipeline inspect`."""
+    lines = [
+        f"file:          {r.path}",
+        f"sha256:        {r.sha256}",
+        f"size:          {r.size} bytes, {r.tensors} tensors",
+        f"key format:    {r.key_format}",
+        f"components:    {', '.join(f'{k}={v}' for k, v in r.components.items()) or '-'}",
+        f"architecture:  {r.architecture.get('family')} ({', '.join(f'{k}={v}' for k, v in r.architecture.items() if k != 'family')})",
+        f"ranks:         {r.ranks or '-'}",
+        f"alphas:        {sorted({m.alpha for m in r.modules if m.alpha is not None}) or 'none in file'}"
+        f" (source: {', '.join(sorted({m.alpha_source for m in r.modules})) or '-'})",
+        f"delta norm:    total {r.total_delta_norm:.6g}" + ("  ALL ZERO: this LoRA changes nothing" if r.all_zero else ""),
+        f"NaN/Inf:       {len(r.nonfinite_tensors)} tensor(s)" + (f": {r.nonfinite_tensors[:5]}" if r.nonfinite_tensors else ""),
+    ]
+    if r.declared:
+        lines.append("declared:      " + ", ".join(f"{k}={v}" for k, v in r.declared.items()))
+    if r.unmatched_keys:
+        lines.append(f"unmatched:     {len(r.unmatched_keys)} key(s) not in a known LoRA family: {r.unmatched_keys[:3]}")
+    lines.append("metadata:")
+    for k, v in r.metadata.items():
+        s = json.dumps(v) if not isinstance(v, str) else v
+        lines.append(f"  {k}: {s if len(s) <= 100 else s[:97] + '...'}")
+    lines.append("modules (rank, alpha, ||delta W||):")
+    for m in r.modules:
+        alpha = "-" if m.alpha is None else f"{m.alpha:g}"
+        norm = "-" if m.delta_norm is None else f"{m.delta_norm:.4g}"
+        flag = "  NaN/Inf" if m.nonfinite else ""
+        lines.append(f"  {m.name}  r={m.rank} alpha={alpha} norm={norm}{flag}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Training runs: discovery, format parsers, the normalised run record, checkpoint analysis."""

@@ -1,0 +1,13 @@
+"""Dagster resources: configuration, storage and the diffusion runtime, built from the one config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lora_pipeline.config import Config
+
+
+def build_resources(config: Config) -> dict[str, Any]:
+    from resources.settings import PipelineSettings
+
+    return {"settings": PipelineSettings(config_path=str(config.source) if config.source else "")}
