@@ -74,6 +74,18 @@ class ChecksConfig(_Strict):
     min_distinct_caption_ratio: float = Field(0.5, ge=0, le=1)
     near_duplicate_distance: int = Field(4, ge=0, le=64)  # perceptual-hash Hamming distance
     full_verify: bool = False  # re-hash every file on re-snapshot, even when size+mtime are unchanged
+    # Training checks (issue 4; docs/findings.md "Training thresholds").
+    loss_ema_alpha: float = Field(0.1, gt=0, le=1)  # smoothing of the loss series (EMA weight of a new point)
+    loss_diverged_ratio: float = Field(2.0, gt=1)  # smoothed loss sustained above ratio x its minimum
+    loss_diverged_tail: float = Field(0.2, gt=0, le=1)  # ... over this last fraction of the series
+    max_rank_per_image: float = Field(8.0, gt=0)  # rank above this x the image count is aggressive
+    max_steps_per_image: float = Field(250.0, gt=0)  # optimizer steps per training image
+    max_learning_rate: dict[str, float] = Field(default_factory=lambda: {
+        "adam": 1e-3, "lion": 3e-4, "sgd": 0.1, "adafactor": 1e-3, "prodigy": 2.0, "dadapt": 2.0})
+    weights_jump_ratio: float = Field(3.0, gt=1)  # total delta norm x this between checkpoints = exploding
+    overtrain_steps_per_image: float = Field(150.0, gt=0)  # training half of OVERTRAINING_SUSPECTED
+    overtrain_norm_growth: float = Field(1.25, gt=1)  # ... with delta norms still growing by this factor
+    checkpoint_settle_seconds: float = Field(60.0, ge=0)  # unchanged this long = written completely
 
 
 class Config(_Strict):
