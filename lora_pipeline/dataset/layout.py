@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ class DatasetListing:
     orphan_captions: list[str] = field(default_factory=list)  # caption files / metadata rows without image
     refused_symlinks: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # every regular file considered (relative)
+    metadata_decode_errors: list[str] = field(default_factory=list)  # metadata files read with replacement
 
     @property
     def images(self) -> list[str]:
@@ -110,10 +112,10 @@ def walk_files(root: Path) -> tuple[list[Path], list[str]]:
     return files, refused
 
 
-def _read_metadata(path: Path, root: Path) -> dict[str, tuple[str, str]]:
-    """file_name (relative to root) -> (caption text, metadata file relative)."""
+def _read_metadata(path: Path, root: Path, read_text: CaptionReader) -> tuple[dict[str, tuple[str, str]], bool]:
+    """file_name (relative to root) -> (caption text, metadata file relative); and the decode flag."""
     rel_meta = path.relative_to(root).as_posix()
-    text, _ = read_text_lenient(path)
+    text, bad = read_text(rel_meta)
     rows: list[dict] = []
     if path.name.endswith(".jsonl"):
         for n, line in enumerate(text.splitlines(), 1):
@@ -129,30 +131,51 @@ def _read_metadata(path: Path, root: Path) -> dict[str, tuple[str, str]]:
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict) or "file_name" not in row:
             raise DatasetError(f"{path}: row {n} has no 'file_name'")
-        target = (path.parent / str(row["file_name"])).relative_to(root) if not os.path.isabs(
-            str(row["file_name"])) else None
-        if target is None:
+        name = str(row["file_name"])
+        if os.path.isabs(name):
             raise DatasetError(f"{path}: row {n} file_name must be relative")
-        out[Path(os.path.normpath(target)).as_posix()] = (str(row.get("text") or ""), rel_meta)
-    return out
+        target = Path(os.path.normpath(path.parent.relative_to(root) / name))
+        out[target.as_posix()] = (str(row.get("text") or ""), rel_meta)
+    return out, bad
 
 
-def list_dataset(root: str | os.PathLike) -> DatasetListing:
-    """Pair every image with its caption; list orphans and refused symlinks."""
+CaptionReader = Callable[[str], tuple[str, bool]]  # relative path -> (text, decode error)
+
+
+def is_dataset_file(rel: str) -> bool:
+    """Images, caption files and metadata files: what a snapshot stores and a fingerprint covers."""
+    name = rel.rsplit("/", 1)[-1]
+    ext = os.path.splitext(name)[1].lower()
+    return ext in IMAGE_EXTENSIONS or ext in CAPTION_EXTENSIONS or name in METADATA_FILES
+
+
+def list_dataset(root: str | os.PathLike, read_text: CaptionReader | None = None,
+                 walked: tuple[list[Path], list[str]] | None = None) -> DatasetListing:
+    """Pair every image with its caption; list orphans and refused symlinks.
+
+    `read_text(rel)` reads a caption or metadata file (default: from disk, leniently); the snapshot
+    passes one that reuses cached text. `walked` is a `walk_files(root)` result already at hand.
+    """
     root_p = Path(root).expanduser()
     if not root_p.is_dir():
         raise DatasetError(f"{root_p}: dataset folder not found")
     root_p = root_p.resolve()
-    files, refused = walk_files(root_p)
+    if read_text is None:
+        def read_text(rel: str) -> tuple[str, bool]:
+            return read_text_lenient(root_p / rel)
+    files, refused = walked if walked is not None else walk_files(root_p)
     listing = DatasetListing(root=root_p, refused_symlinks=refused,
                              files=[f.as_posix() for f in files])
     metadata: dict[str, tuple[str, str]] = {}
     for f in files:
         if f.name in METADATA_FILES:
-            metadata.update(_read_metadata(root_p / f, root_p))
+            rows, bad = _read_metadata(root_p / f, root_p, read_text)
+            metadata.update(rows)
+            if bad:
+                listing.metadata_decode_errors.append(f.as_posix())
     images = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
-    captions = {f.with_suffix("").as_posix() + f.suffix: f for f in files
-                if f.suffix in CAPTION_EXTENSIONS and f.name not in METADATA_FILES}
+    captions = {f.with_suffix("").as_posix() + f.suffix.lower(): f for f in files
+                if f.suffix.lower() in CAPTION_EXTENSIONS and f.name not in METADATA_FILES}
     used: set[str] = set()
     for img in images:
         rel = img.as_posix()
@@ -161,13 +184,14 @@ def list_dataset(root: str | os.PathLike) -> DatasetListing:
         for ext in CAPTION_EXTENSIONS:
             cap = captions.get(stem + ext)
             if cap is not None:
-                pair.caption, pair.caption_decode_error = read_text_lenient(root_p / cap)
+                pair.caption, pair.caption_decode_error = read_text(cap.as_posix())
                 pair.caption = pair.caption.strip()
                 pair.caption_source = cap.as_posix()
                 used.add(cap.as_posix())
                 break
         if pair.caption is None and rel in metadata:
             pair.caption, pair.caption_source = metadata[rel][0].strip(), metadata[rel][1]
+            pair.caption_decode_error = metadata[rel][1] in listing.metadata_decode_errors
         listing.pairs.append(pair)
     image_set = {i.as_posix() for i in images}
     listing.orphan_captions = sorted(

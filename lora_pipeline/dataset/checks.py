@@ -1,0 +1,326 @@
+"""The dataset checks (CONTRACT section 5, DATASET codes): each reads a snapshot manifest (or the
+same frame built in memory by `check-dataset`) and returns `Finding`s whose evidence carries a
+`count` and up to 20 `examples` (relative paths).
+
+| check | code | rule |
+|---|---|---|
+| pairing | IMAGE_WITHOUT_CAPTION, CAPTION_WITHOUT_IMAGE | every image has a caption, every caption an image |
+| empty_captions | EMPTY_CAPTION | a caption that is empty or whitespace only |
+| readable_images | UNREADABLE_IMAGE | truncated, not an image, 0 bytes, decompression-bomb size, symlink out of the root |
+| literal_captions | VAGUE_CAPTIONS | a caption carries one of `VAGUE_TERMS` |
+| caption_variety | UNIFORM_CAPTIONS | distinct captions / captions < `min_distinct_caption_ratio` (default 0.5) |
+| trigger | TRIGGER_INCONSISTENT | the trigger is absent from a caption, or spelled differently (case, `_`/`-`/space) |
+| duplicates | DUPLICATE_IMAGES | same sha256, or pHash Hamming distance <= `near_duplicate_distance` (default 4) |
+| resolution | LOW_RESOLUTION | shorter side < `resolution` (default 512) |
+| enough_images | TOO_FEW_IMAGES | readable images < `min_images` (default 10) |
+| caption_length | CAPTION_TOO_LONG | tokens (with start/end) > the tokenizer's limit (77 for CLIP) |
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from lora_pipeline.dataset.layout import IMAGE_EXTENSIONS
+from lora_pipeline.findings import Finding
+
+MAX_EXAMPLES = 20
+
+# Quality words that say nothing literal about the image (matched as whole words, any case).
+VAGUE_TERMS: tuple[str, ...] = (
+    "masterpiece", "best quality", "high quality", "highest quality", "top quality", "ultra detailed",
+    "highly detailed", "extremely detailed", "absurdres", "beautiful", "stunning", "gorgeous", "amazing",
+    "award winning", "award-winning", "trending on artstation", "8k", "4k", "uhd", "hdr",
+)
+_VAGUE = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(re.escape(t) for t in VAGUE_TERMS) + r")(?![A-Za-z0-9])",
+                    re.IGNORECASE)
+
+
+@dataclass
+class CheckInput:
+    frame: pl.DataFrame  # the manifest (lora_pipeline.dataset.schema)
+    subject: str  # the dataset's name or folder, for the findings' subject
+    orphan_captions: list[str] = field(default_factory=list)
+    refused_symlinks: list[str] = field(default_factory=list)
+    trigger: str | None = None
+    resolution: int = 512
+    min_images: int = 10
+    min_distinct_caption_ratio: float = 0.5
+    near_duplicate_distance: int = 4
+    tokenizer_base: Path | None = None  # a base model folder with tokenizer/, else an estimate
+
+
+def _ev(paths: list[str], **extra) -> dict:
+    return {"count": len(paths), "examples": sorted(paths)[:MAX_EXAMPLES], **extra}
+
+
+def _captioned(inp: CheckInput) -> pl.DataFrame:
+    return inp.frame.filter(pl.col("caption").is_not_null() & (pl.col("caption").str.strip_chars() != ""))
+
+
+def _readable(inp: CheckInput) -> pl.DataFrame:
+    return inp.frame.filter(pl.col("image_error").is_null())
+
+
+def check_pairing(inp: CheckInput) -> list[Finding]:
+    out = []
+    missing = inp.frame.filter(pl.col("caption").is_null())["path"].to_list()
+    if missing:
+        out.append(Finding("DATASET.IMAGE_WITHOUT_CAPTION", inp.subject,
+                           f"{len(missing)} image(s) have no caption file or metadata row.", _ev(missing)))
+    if inp.orphan_captions:
+        out.append(Finding("DATASET.CAPTION_WITHOUT_IMAGE", inp.subject,
+                           f"{len(inp.orphan_captions)} caption(s) have no image.", _ev(inp.orphan_captions)))
+    return out
+
+
+def check_empty_captions(inp: CheckInput) -> list[Finding]:
+    empty = inp.frame.filter(pl.col("caption").is_not_null() & (pl.col("caption").str.strip_chars() == ""))
+    paths = empty["path"].to_list()
+    return [Finding("DATASET.EMPTY_CAPTION", inp.subject, f"{len(paths)} caption(s) are empty.",
+                    _ev(paths))] if paths else []
+
+
+def check_readable_images(inp: CheckInput) -> list[Finding]:
+    bad = inp.frame.filter(pl.col("image_error").is_not_null()).select("path", "image_error").rows()
+    links = [p for p in inp.refused_symlinks if Path(p).suffix.lower() in IMAGE_EXTENSIONS]
+    reasons = {p: r for p, r in bad} | {p: "symlink leaves the dataset root" for p in links}
+    if not reasons:
+        return []
+    paths = sorted(reasons)
+    by_reason: dict[str, int] = defaultdict(int)
+    for r in reasons.values():
+        by_reason[r.split(" (")[0]] += 1
+    return [Finding("DATASET.UNREADABLE_IMAGE", inp.subject,
+                    f"{len(paths)} image(s) cannot be decoded ({', '.join(sorted(by_reason))}).",
+                    _ev(paths, reasons={p: reasons[p] for p in paths[:MAX_EXAMPLES]},
+                        by_reason=dict(by_reason)))]
+
+
+def check_literal_captions(inp: CheckInput) -> list[Finding]:
+    hits: dict[str, list[str]] = {}
+    terms: dict[str, int] = defaultdict(int)
+    for path, cap in _captioned(inp).select("path", "caption").iter_rows():
+        found = sorted({m.lower() for m in _VAGUE.findall(cap)})
+        if found:
+            hits[path] = found
+            for t in found:
+                terms[t] += 1
+    if not hits:
+        return []
+    paths = sorted(hits)
+    return [Finding("DATASET.VAGUE_CAPTIONS", inp.subject,
+                    f"{len(paths)} caption(s) carry quality words ({', '.join(sorted(terms))}).",
+                    _ev(paths, terms=dict(terms)))]
+
+
+def _norm(caption: str) -> str:
+    return re.sub(r"\s+", " ", caption.lower()).strip(" .,;")
+
+
+def check_caption_variety(inp: CheckInput) -> list[Finding]:
+    caps = _captioned(inp).select("path", "caption").rows()
+    if len(caps) < 2:
+        return []
+    groups: dict[str, list[str]] = defaultdict(list)
+    for path, cap in caps:
+        groups[_norm(cap)].append(path)
+    ratio = len(groups) / len(caps)
+    if ratio >= inp.min_distinct_caption_ratio:
+        return []
+    repeated = sorted(p for g in groups.values() if len(g) > 1 for p in g)
+    return [Finding("DATASET.UNIFORM_CAPTIONS", inp.subject,
+                    f"Only {len(groups)} distinct caption(s) for {len(caps)} images "
+                    f"(ratio {ratio:.2f} < {inp.min_distinct_caption_ratio}).",
+                    _ev(repeated, distinct=len(groups), captions=len(caps), ratio=round(ratio, 3),
+                        threshold=inp.min_distinct_caption_ratio))]
+
+
+def trigger_pattern(trigger: str) -> re.Pattern[str]:
+    """The trigger in any case, with `_`, `-`, spaces (or nothing) between its parts."""
+    parts = [p for p in re.split(r"[\s_\-]+", trigger.strip()) if p]
+    body = r"[\s_\-]*".join(re.escape(p) for p in parts) if parts else re.escape(trigger)
+    return re.compile(r"(?<![A-Za-z0-9])" + body + r"(?![A-Za-z0-9])", re.IGNORECASE)
+
+
+def check_trigger(inp: CheckInput) -> list[Finding]:
+    if not inp.trigger or not inp.trigger.strip():
+        return []
+    trig = inp.trigger.strip()
+    pat = trigger_pattern(trig)
+    absent: list[str] = []
+    variants: dict[str, list[str]] = defaultdict(list)
+    caps = _captioned(inp).select("path", "caption").rows()
+    for path, cap in caps:
+        found = pat.findall(cap)
+        if not found:
+            absent.append(path)
+        for spelling in {f for f in found if f != trig}:
+            variants[spelling].append(path)
+    if not absent and not variants:
+        return []
+    varied = sorted({p for ps in variants.values() for p in ps})
+    paths = sorted(set(absent) | set(varied))
+    parts = []
+    if absent:
+        parts.append(f"missing from {len(absent)} of {len(caps)} captions")
+    if variants:
+        parts.append(f"spelled {', '.join(repr(v) for v in sorted(variants))} in {len(varied)}")
+    return [Finding("DATASET.TRIGGER_INCONSISTENT", inp.subject,
+                    f"The trigger {trig!r} is {' and '.join(parts)}.",
+                    _ev(paths, trigger=trig, absent_count=len(absent), absent=sorted(absent)[:MAX_EXAMPLES],
+                        variants={v: sorted(ps)[:MAX_EXAMPLES] for v, ps in sorted(variants.items())},
+                        variant_count=len(varied)))]
+
+
+def near_duplicate_pairs(hashes: list[str], distance: int) -> list[tuple[int, int]]:
+    """Index pairs (i < j) whose 64-bit hashes differ in at most `distance` bits.
+
+    Pigeonhole (multi-index hashing): two hashes within `distance` bits agree exactly on at least one
+    of `distance + 1` bit blocks, so only hashes sharing a block value are compared (with numpy).
+    """
+    n = len(hashes)
+    if n < 2:
+        return []
+    arr = np.array([int(h, 16) for h in hashes], dtype=np.uint64)
+    blocks = min(distance + 1, 64)
+    bounds = np.linspace(0, 64, blocks + 1).astype(int)
+    pairs: set[tuple[int, int]] = set()
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        width = int(hi - lo)
+        keys = (arr >> np.uint64(lo)) & np.uint64((1 << width) - 1) if width < 64 else arr
+        order = np.argsort(keys, kind="stable")
+        sk = keys[order]
+        starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
+        ends = np.r_[starts[1:], n]
+        for s, e in zip(starts, ends, strict=True):
+            if e - s < 2:
+                continue
+            idx = np.sort(order[s:e])
+            for c in range(0, len(idx), 1024):
+                rows = idx[c:c + 1024]
+                dist = np.bitwise_count(arr[rows][:, None] ^ arr[idx][None, :])
+                ii, jj = np.nonzero((dist <= distance) & (rows[:, None] < idx[None, :]))
+                pairs.update(zip(rows[ii].tolist(), idx[jj].tolist(), strict=True))
+    return sorted(pairs)
+
+
+def _groups(pairs: list[tuple[str, str]]) -> list[list[str]]:
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        parent[find(a)] = find(b)
+    out: dict[str, list[str]] = defaultdict(list)
+    for x in parent:
+        out[find(x)].append(x)
+    return sorted(sorted(g) for g in out.values())
+
+
+def check_duplicates(inp: CheckInput) -> list[Finding]:
+    df = inp.frame.filter(pl.col("size") > 0)
+    by_sha: dict[str, list[str]] = defaultdict(list)
+    for path, sha in df.select("path", "sha256").iter_rows():
+        by_sha[sha].append(path)
+    exact = [sorted(g) for g in by_sha.values() if len(g) > 1]
+    reps = df.filter(pl.col("phash").is_not_null()).unique("sha256", keep="first", maintain_order=True)
+    rep_paths, rep_hashes = reps["path"].to_list(), reps["phash"].to_list()
+    near_pairs = [(rep_paths[i], rep_paths[j])
+                  for i, j in near_duplicate_pairs(rep_hashes, inp.near_duplicate_distance)]
+    near = _groups(near_pairs)
+    if not exact and not near:
+        return []
+    paths = sorted({p for g in exact + near for p in g})
+    return [Finding("DATASET.DUPLICATE_IMAGES", inp.subject,
+                    f"{len(exact)} group(s) of identical images and {len(near)} group(s) of near "
+                    f"duplicates (pHash distance <= {inp.near_duplicate_distance}).",
+                    _ev(paths, exact_groups=sorted(exact)[:MAX_EXAMPLES], near_groups=near[:MAX_EXAMPLES],
+                        exact_group_count=len(exact), near_group_count=len(near),
+                        near_duplicate_distance=inp.near_duplicate_distance))]
+
+
+def check_resolution(inp: CheckInput) -> list[Finding]:
+    small = _readable(inp).filter(pl.min_horizontal("width", "height") < inp.resolution)
+    if small.is_empty():
+        return []
+    paths = small["path"].to_list()
+    sizes = {p: f"{w}x{h}" for p, w, h in small.select("path", "width", "height").iter_rows()}
+    return [Finding("DATASET.LOW_RESOLUTION", inp.subject,
+                    f"{len(paths)} image(s) have a side shorter than the training resolution {inp.resolution}px.",
+                    _ev(paths, resolution=inp.resolution,
+                        sizes={p: sizes[p] for p in sorted(paths)[:MAX_EXAMPLES]},
+                        smallest_side=int(small.select(pl.min_horizontal("width", "height").min()).item())))]
+
+
+def check_enough_images(inp: CheckInput) -> list[Finding]:
+    n = _readable(inp).height
+    if n >= inp.min_images:
+        return []
+    return [Finding("DATASET.TOO_FEW_IMAGES", inp.subject,
+                    f"{n} readable image(s), fewer than the minimum {inp.min_images}.",
+                    {"count": n, "examples": [], "min_images": inp.min_images})]
+
+
+def check_caption_length(inp: CheckInput) -> list[Finding]:
+    from lora_pipeline.dataset.tokens import count_tokens
+
+    caps = _captioned(inp).select("path", "caption").rows()
+    if not caps:
+        return []
+    counts, limit, method = count_tokens([c for _, c in caps], inp.tokenizer_base)
+    long = {p: counts[c] for p, c in caps if counts[c] > limit}
+    if not long:
+        return []
+    paths = sorted(long)
+    return [Finding("DATASET.CAPTION_TOO_LONG", inp.subject,
+                    f"{len(paths)} caption(s) exceed the {limit}-token limit"
+                    f"{' (estimated)' if method.startswith('estimate') else ''}.",
+                    _ev(paths, limit=limit, counted_with=method, estimated=method.startswith("estimate"),
+                        tokens={p: long[p] for p in paths[:MAX_EXAMPLES]}, longest=max(long.values())))]
+
+
+# name -> (codes it may report, function); the Dagster asset checks use the same names.
+CHECKS: dict[str, tuple[tuple[str, ...], Callable[[CheckInput], list[Finding]]]] = {
+    "pairing": (("DATASET.IMAGE_WITHOUT_CAPTION", "DATASET.CAPTION_WITHOUT_IMAGE"), check_pairing),
+    "empty_captions": (("DATASET.EMPTY_CAPTION",), check_empty_captions),
+    "readable_images": (("DATASET.UNREADABLE_IMAGE",), check_readable_images),
+    "literal_captions": (("DATASET.VAGUE_CAPTIONS",), check_literal_captions),
+    "caption_variety": (("DATASET.UNIFORM_CAPTIONS",), check_caption_variety),
+    "trigger": (("DATASET.TRIGGER_INCONSISTENT",), check_trigger),
+    "duplicates": (("DATASET.DUPLICATE_IMAGES",), check_duplicates),
+    "resolution": (("DATASET.LOW_RESOLUTION",), check_resolution),
+    "enough_images": (("DATASET.TOO_FEW_IMAGES",), check_enough_images),
+    "caption_length": (("DATASET.CAPTION_TOO_LONG",), check_caption_length),
+}
+
+
+def run_checks(inp: CheckInput) -> list[Finding]:
+    return [f for _, fn in CHECKS.values() for f in fn(inp)]
+
+
+def notes(inp: CheckInput, metadata_decode_errors: list[str] = ()) -> list[str]:
+    """Things reported that are not findings: captions read with replacement characters, refused
+    symlinks, a skipped trigger check."""
+    out = []
+    bad = inp.frame.filter(pl.col("caption_decode_error"))["caption_path"].to_list()
+    bad = sorted(set(bad) | set(metadata_decode_errors))
+    if bad:
+        out.append(f"{len(bad)} caption file(s) are not UTF-8 and were read with replacement characters: "
+                   + ", ".join(bad[:MAX_EXAMPLES]))
+    if inp.refused_symlinks:
+        out.append(f"{len(inp.refused_symlinks)} symlink(s) leave the dataset root and were refused: "
+                   + ", ".join(inp.refused_symlinks[:MAX_EXAMPLES]))
+    if not inp.trigger:
+        out.append("no trigger given: the trigger check was skipped")
+    return out

@@ -1,0 +1,300 @@
+"""Dataset snapshots in `storage` (CONTRACT section 3) and source drift.
+
+    objects/<sha[:2]>/<sha>                       every image, caption and metadata file, stored once,
+                                                  read-only, shared across snapshots and datasets
+    snapshots/<dataset>/<snapshot_id>/manifest.parquet   one row per image (lora_pipeline.dataset.schema)
+    snapshots/<dataset>/<snapshot_id>/snapshot.json      source root, fingerprint, file list with
+                                                  size/mtime/sha256, orphan captions, refused symlinks
+    snapshots/<dataset>/latest.json               the latest snapshot of the dataset + the stat cache
+                                                  of the last scan (the only file rewritten in place)
+
+A snapshot folder is written under a temporary name and renamed whole, then never changed: the
+same content gives the same `snapshot_id` (lora_pipeline.dataset.scan.content_id) and writes nothing.
+
+Public API for other layers (training ingestion, trace):
+
+- `take_snapshot(storage_root, dataset, source_root, full_verify=False) -> SnapshotResult`
+- `list_snapshots(storage_root, dataset) -> list[SnapshotInfo]`, oldest first; each has
+  `snapshot_id`, `created_at` (ISO UTC), `path`, `source_root` and `files` (relative path -> sha256
+  of every image, caption and metadata file).
+- `latest_snapshot(storage_root, dataset) -> SnapshotInfo | None`
+- `find_snapshot_matching(storage_root, dataset, files, exact=False) -> SnapshotInfo | None`: the
+  newest snapshot (of `dataset`, or of any dataset when None) holding every given relative path with
+  the given sha256 (`exact=True`: the same set of image files, no more). With `match_by="sha"` only
+  the sha256 values are compared (for a trainer that copied or renamed the files).
+- `source_drift(storage_root, dataset, source_root) -> Drift`: added / removed / modified files of
+  the folder against the latest snapshot, as a `DATASET.SOURCE_CHANGED` finding via `.finding()`.
+- `source_fingerprint(storage_root, dataset, source_root) -> str`: the content id the folder would
+  get now (hashes only files whose size or mtime changed since the last scan).
+- `object_path(storage_root, sha256) -> Path`: where a stored file lives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from lora_pipeline.dataset.images import DEFAULT_MAX_PIXELS
+from lora_pipeline.dataset.layout import DatasetError
+from lora_pipeline.dataset.scan import FileStat, ObjectStore, Scan, StatCache, cache_from, scan_dataset
+from lora_pipeline.findings import Finding
+from lora_pipeline.fsutil import atomic_write_json
+from lora_pipeline.storage import Storage
+
+SCHEMA_VERSION = 1
+MAX_EXAMPLES = 20
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+@dataclass
+class SnapshotInfo:
+    dataset: str
+    snapshot_id: str
+    created_at: str
+    path: Path  # the snapshot folder
+    source_root: str
+    files: dict[str, str]  # relative path -> sha256
+    orphan_captions: list[str] = field(default_factory=list)
+    refused_symlinks: list[str] = field(default_factory=list)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.parquet"
+
+    def manifest(self) -> pl.DataFrame:
+        return pl.read_parquet(self.manifest_path)
+
+
+@dataclass
+class SnapshotResult:
+    info: SnapshotInfo
+    created: bool  # False: a snapshot with this content already existed
+    scan: Scan
+    previous_id: str | None  # the latest snapshot before this one
+
+    @property
+    def snapshot_id(self) -> str:
+        return self.info.snapshot_id
+
+
+@dataclass
+class Drift:
+    dataset: str
+    snapshot_id: str | None
+    fingerprint: str  # content id of the folder now
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    modified: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.removed or self.modified)
+
+    def finding(self) -> Finding | None:
+        if not self.changed:
+            return None
+        n = len(self.added) + len(self.removed) + len(self.modified)
+        return Finding(
+            "DATASET.SOURCE_CHANGED", f"dataset {self.dataset}",
+            f"The source folder changed after snapshot {self.snapshot_id}: {len(self.added)} added, "
+            f"{len(self.removed)} removed, {len(self.modified)} modified.",
+            {"count": n, "snapshot_id": self.snapshot_id, "fingerprint": self.fingerprint,
+             "added": self.added[:MAX_EXAMPLES], "removed": self.removed[:MAX_EXAMPLES],
+             "modified": self.modified[:MAX_EXAMPLES], "added_count": len(self.added),
+             "removed_count": len(self.removed), "modified_count": len(self.modified)})
+
+
+def object_path(storage_root: str | os.PathLike, sha256: str) -> Path:
+    return Storage(Path(storage_root)).object(sha256)
+
+
+def _check_name(dataset: str) -> None:
+    if not _SAFE_NAME.match(dataset) or dataset in (".", ".."):
+        raise DatasetError(f"dataset name {dataset!r}: use letters, digits, '.', '_' or '-'")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _info(dataset: str, folder: Path, data: dict) -> SnapshotInfo:
+    return SnapshotInfo(
+        dataset=dataset, snapshot_id=data["snapshot_id"], created_at=data.get("created_at", ""),
+        path=folder, source_root=data.get("source_root", ""),
+        files={k: v[2] for k, v in data.get("files", {}).items()},
+        orphan_captions=list(data.get("orphan_captions", [])),
+        refused_symlinks=list(data.get("refused_symlinks", [])))
+
+
+def load_snapshot(storage_root: str | os.PathLike, dataset: str, snapshot_id: str) -> SnapshotInfo | None:
+    folder = Storage(Path(storage_root)).snapshot_dir(dataset, snapshot_id)
+    data = _read_json(folder / "snapshot.json")
+    if not data or data.get("snapshot_id") != snapshot_id or not (folder / "manifest.parquet").is_file():
+        return None
+    return _info(dataset, folder, data)
+
+
+def list_snapshots(storage_root: str | os.PathLike, dataset: str) -> list[SnapshotInfo]:
+    """Every complete snapshot of `dataset`, oldest first."""
+    base = Storage(Path(storage_root)).snapshots_of(dataset)
+    if not base.is_dir():
+        return []
+    out = []
+    for d in base.iterdir():
+        if d.is_dir() and not d.name.startswith("."):
+            info = load_snapshot(storage_root, dataset, d.name)
+            if info is not None:
+                out.append(info)
+    return sorted(out, key=lambda i: (i.created_at, i.snapshot_id))
+
+
+def latest_snapshot(storage_root: str | os.PathLike, dataset: str) -> SnapshotInfo | None:
+    data = _read_json(Storage(Path(storage_root)).snapshots_of(dataset) / "latest.json")
+    if data and isinstance(data.get("snapshot_id"), str):
+        info = load_snapshot(storage_root, dataset, data["snapshot_id"])
+        if info is not None:
+            return info
+    snaps = list_snapshots(storage_root, dataset)
+    return snaps[-1] if snaps else None
+
+
+def find_snapshot_matching(storage_root: str | os.PathLike, dataset: str | None, files: dict[str, str],
+                           exact: bool = False, match_by: str = "path") -> SnapshotInfo | None:
+    """The newest snapshot holding every given file (see the module docstring)."""
+    base = Storage(Path(storage_root)).root / "snapshots"
+    names = [dataset] if dataset else sorted(p.name for p in base.iterdir() if p.is_dir()) \
+        if base.is_dir() else []
+    candidates = [s for n in names for s in list_snapshots(storage_root, n)]
+    for snap in sorted(candidates, key=lambda i: i.created_at, reverse=True):
+        if match_by == "sha":
+            have = set(snap.files.values())
+            if set(files.values()) <= have and (not exact or _image_shas(snap) == set(files.values())):
+                return snap
+        elif all(snap.files.get(k) == v for k, v in files.items()) and (
+                not exact or _image_paths(snap) == set(files)):
+            return snap
+    return None
+
+
+def _image_paths(snap: SnapshotInfo) -> set[str]:
+    from lora_pipeline.dataset.layout import IMAGE_EXTENSIONS
+
+    return {k for k in snap.files if os.path.splitext(k)[1].lower() in IMAGE_EXTENSIONS}
+
+
+def _image_shas(snap: SnapshotInfo) -> set[str]:
+    return {snap.files[k] for k in _image_paths(snap)}
+
+
+def _cache(storage: Storage, dataset: str, with_manifest: bool) -> tuple[StatCache, str | None]:
+    """The stat cache of the last scan of `dataset` (empty when there is none or it is unreadable)."""
+    data = _read_json(storage.snapshots_of(dataset) / "latest.json")
+    if not data:
+        return StatCache(), None
+    try:
+        files = {k: FileStat.from_list(v) for k, v in data.get("files", {}).items()}
+        frame = None
+        sid = data.get("snapshot_id")
+        if with_manifest and sid:
+            mpath = storage.snapshot_dir(dataset, sid) / "manifest.parquet"
+            frame = pl.read_parquet(mpath) if mpath.is_file() else None
+        return cache_from(files, int(data.get("scanned_at_ns", 0)), frame), sid
+    except (ValueError, TypeError, IndexError, OSError, pl.exceptions.PolarsError):
+        return StatCache(), None
+
+
+def take_snapshot(storage_root: str | os.PathLike, dataset: str, source_root: str | os.PathLike, *,
+                  full_verify: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> SnapshotResult:
+    """Snapshot the folder: store new files, write the manifest if this content is new."""
+    _check_name(dataset)
+    storage = Storage(Path(storage_root))
+    cache, previous_id = _cache(storage, dataset, with_manifest=True)
+    scan = scan_dataset(source_root, cache=cache, full_verify=full_verify,
+                        store=ObjectStore(storage.root), max_pixels=max_pixels)
+    sid = scan.content_id
+    folder = storage.snapshot_dir(dataset, sid)
+    created = False
+    if load_snapshot(storage.root, dataset, sid) is None:
+        _write_snapshot(folder, dataset, sid, scan)
+        created = True
+    info = load_snapshot(storage.root, dataset, sid)
+    assert info is not None
+    atomic_write_json(storage.snapshots_of(dataset) / "latest.json", {
+        "schema_version": SCHEMA_VERSION, "dataset": dataset, "snapshot_id": sid,
+        "source_root": str(scan.root), "scanned_at_ns": scan.scanned_at_ns,
+        "files": {k: v.to_list() for k, v in scan.files.items()}})
+    return SnapshotResult(info, created, scan, previous_id)
+
+
+def _write_snapshot(folder: Path, dataset: str, sid: str, scan: Scan) -> None:
+    assert scan.frame is not None
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{sid}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        scan.frame.write_parquet(tmp / "manifest.parquet")
+        doc = {
+            "schema_version": SCHEMA_VERSION, "dataset": dataset, "snapshot_id": sid,
+            "fingerprint": sid, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "source_root": str(scan.root), "scanned_at_ns": scan.scanned_at_ns,
+            "counts": {"images": scan.frame.height, "files": len(scan.files),
+                       "orphan_captions": len(scan.listing.orphan_captions),
+                       "refused_symlinks": len(scan.listing.refused_symlinks)},
+            "orphan_captions": scan.listing.orphan_captions,
+            "refused_symlinks": scan.listing.refused_symlinks,
+            "metadata_decode_errors": scan.listing.metadata_decode_errors,
+            "files": {k: v.to_list() for k, v in sorted(scan.files.items())},
+        }
+        (tmp / "snapshot.json").write_text(json.dumps(doc, indent=1) + "\n", "utf-8")
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(f, 0o444)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "snapshot.json").is_file():  # not a concurrent writer of the same id
+                raise
+    finally:
+        if tmp.exists():
+            for f in tmp.iterdir():
+                os.chmod(f, 0o644)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _current(storage: Storage, dataset: str, source_root: str | os.PathLike,
+             full_verify: bool) -> Scan:
+    cache, _ = _cache(storage, dataset, with_manifest=False)
+    return scan_dataset(source_root, cache=cache, full_verify=full_verify, probe_images=False)
+
+
+def source_fingerprint(storage_root: str | os.PathLike, dataset: str, source_root: str | os.PathLike,
+                       full_verify: bool = False) -> str:
+    """The content id the folder has now (equal to the snapshot id it would get)."""
+    return _current(Storage(Path(storage_root)), dataset, source_root, full_verify).content_id
+
+
+def source_drift(storage_root: str | os.PathLike, dataset: str, source_root: str | os.PathLike,
+                 full_verify: bool = False) -> Drift:
+    """What changed in the folder since the latest snapshot (everything is 'added' without one)."""
+    storage = Storage(Path(storage_root))
+    now = _current(storage, dataset, source_root, full_verify)
+    snap = latest_snapshot(storage.root, dataset)
+    current = {k: v.sha256 for k, v in now.files.items()}
+    before = snap.files if snap else {}
+    return Drift(
+        dataset=dataset, snapshot_id=snap.snapshot_id if snap else None, fingerprint=now.content_id,
+        added=sorted(set(current) - set(before)), removed=sorted(set(before) - set(current)),
+        modified=sorted(k for k in set(current) & set(before) if current[k] != before[k]))

@@ -1,0 +1,50 @@
+"""Caption length in text-encoder tokens.
+
+With a base model folder that has a `tokenizer/` (diffusers layout), captions are counted with its
+real CLIP tokenizer (transformers, imported here only when needed), special tokens included, against
+its `model_max_length`. Without one, the count is an *estimate*, labelled as such: the CLIP
+pre-tokenisation (words, single digits, punctuation runs) with one token per word up to 10
+characters and one more per further 5, plus start and end tokens, against CLIP's 77.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+CLIP_MAX_LENGTH = 77
+_PRE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+", re.IGNORECASE)
+
+
+def estimate_tokens(text: str) -> int:
+    n = 2  # <|startoftext|> and <|endoftext|>
+    for piece in _PRE.findall(text.lower()):
+        n += 1 if len(piece) <= 10 or not piece[0].isalpha() else 1 + math.ceil((len(piece) - 10) / 5)
+    return n
+
+
+def tokenizer_folder(base: str | Path | None) -> Path | None:
+    """The `tokenizer/` folder of a diffusers base model folder, or None."""
+    if base is None:
+        return None
+    p = Path(base)
+    for cand in (p / "tokenizer", p):
+        if (cand / "vocab.json").is_file() and (cand / "merges.txt").is_file():
+            return cand
+    return None
+
+
+def count_tokens(captions: list[str], base: str | Path | None) -> tuple[dict[str, int], int, str]:
+    """caption -> token count, the limit, and how it was counted (a label for the evidence)."""
+    unique = sorted(set(captions))
+    folder = tokenizer_folder(base)
+    if folder is not None:
+        from transformers import CLIPTokenizer
+
+        tok = CLIPTokenizer.from_pretrained(str(folder))
+        limit = int(tok.model_max_length) if 0 < int(tok.model_max_length) < 100_000 else CLIP_MAX_LENGTH
+        ids = tok(unique, add_special_tokens=True, truncation=False)["input_ids"] if unique else []
+        return {c: len(i) for c, i in zip(unique, ids, strict=True)}, limit, f"CLIP tokenizer at {folder}"
+    return ({c: estimate_tokens(c) for c in unique}, CLIP_MAX_LENGTH,
+            "estimate (no tokenizer available: about one token per word or punctuation run)")
