@@ -1,0 +1,167 @@
+"""The runtime contract checks that need no loaded pipeline, run in the worker that renders.
+
+A path the worker cannot see fails here (RUNTIME.BASE_MODEL_MISSING / RUNTIME.LORA_MISSING), before
+anything is loaded. The LoRA file is read with our own safetensors parser (pickles refused, never
+loaded) and analysed in numpy: NaN/Inf -> RUNTIME.LORA_INVALID, all-zero deltas ->
+QUALITY.NO_LORA_EFFECT, no alpha in the file while the run says alpha != rank ->
+RUNTIME.LORA_ALPHA_UNKNOWN.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from lora_pipeline.findings import Finding
+from lora_pipeline.fsutil import model_hash
+from lora_pipeline.lora.inspect import LoraFileReport, analyse
+from lora_pipeline.lora.safetensors_file import LoraFileError, read_safetensors
+from lora_pipeline.render.spec import BaseChoice, DeclaredBase, EvalSpec, RunFacts
+
+_HASH_CACHE: dict[tuple, str] = {}
+_SD_FAMILY = {"sd1", "sd2", "sd-unet"}
+
+
+def base_identity(path: Path) -> str:
+    """model_hash(path), memoised per process on the folder's (name, size, mtime) listing."""
+    p = Path(path).resolve()
+    files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file())
+    key = (str(p), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if key not in _HASH_CACHE:
+        _HASH_CACHE[key] = model_hash(p)
+    return _HASH_CACHE[key]
+
+
+def base_architecture(path: Path) -> str:
+    """sd1 | sd2 | sdxl | flux | unknown, from a diffusers folder's model_index.json and UNet config."""
+    p = Path(path)
+    if p.is_file():
+        return "unknown"
+    try:
+        cls = json.loads((p / "model_index.json").read_text()).get("_class_name", "")
+    except (OSError, ValueError):
+        return "unknown"
+    if "XL" in cls:
+        return "sdxl"
+    if "Flux" in cls:
+        return "flux"
+    if cls.startswith("StableDiffusion"):
+        try:
+            width = json.loads((p / "unet" / "config.json").read_text()).get("cross_attention_dim")
+        except (OSError, ValueError):
+            width = None
+        return "sd2" if width == 1024 else "sd1"
+    return "unknown"
+
+
+def resolve_base(declared: DeclaredBase, base_models: dict[str, Path]) -> BaseChoice | None:
+    """CONTRACT section 1: match the run's base to a configured entry by name, path, then hash."""
+    if declared.name and declared.name in base_models:
+        return BaseChoice(declared.name, Path(base_models[declared.name]), "name")
+    if declared.path:
+        want = os.path.realpath(declared.path)
+        for name, p in base_models.items():
+            if os.path.realpath(p) == want:
+                return BaseChoice(name, Path(p), "path")
+    if declared.sha256:
+        for name, p in base_models.items():
+            if Path(p).exists() and base_identity(Path(p)) == declared.sha256:
+                return BaseChoice(name, Path(p), "hash")
+    return None
+
+
+def check_base(declared: DeclaredBase, choice: BaseChoice | None, subject: str
+               ) -> tuple[list[Finding], dict[str, Any]]:
+    """RUNTIME.BASE_MODEL_MISSING / _MISMATCH; returns the evaluated base's identity on success."""
+    if choice is None:
+        return [Finding("RUNTIME.BASE_MODEL_MISSING", subject,
+                        "The run's base model matches no configured base model (by name, path or hash).",
+                        {"declared": vars(declared)})], {}
+    if not (choice.path / "model_index.json").is_file() and not (choice.path.is_file()
+                                                                   and choice.path.suffix == ".safetensors"):
+        return [Finding("RUNTIME.BASE_MODEL_MISSING", subject,
+                        f"The base model {choice.name} is not visible to this worker at {choice.path}.",
+                        {"name": choice.name, "path": str(choice.path), "host": os.uname().nodename})], {}
+    identity = {"name": choice.name, "path": str(choice.path), "sha256": base_identity(choice.path),
+                "architecture": base_architecture(choice.path), "matched_by": choice.matched_by}
+    differs = {}
+    if declared.sha256 and declared.sha256 != identity["sha256"]:
+        differs["sha256"] = {"declared": declared.sha256, "evaluated": identity["sha256"]}
+    if declared.architecture and not _same_family(declared.architecture, identity["architecture"]):
+        differs["architecture"] = {"declared": declared.architecture, "evaluated": identity["architecture"]}
+    if not declared.sha256 and declared.name and declared.name != choice.name:
+        differs["name"] = {"declared": declared.name, "evaluated": choice.name}
+    findings = []
+    if differs:
+        findings.append(Finding("RUNTIME.BASE_MODEL_MISMATCH", subject,
+                                f"The evaluated base {choice.name} differs from the run's declared base in "
+                                f"{', '.join(differs)}.", {"differs": differs, "evaluated": identity}))
+    return findings, identity
+
+
+def _same_family(a: str, b: str) -> bool:
+    if a == b or "unknown" in (a, b):
+        return True
+    return "sd-unet" in (a, b) and {a, b} <= _SD_FAMILY
+
+
+def check_lora_file(path: Path, facts: RunFacts, subject: str
+                    ) -> tuple[list[Finding], LoraFileReport | None]:
+    """Missing / invalid / zero / alpha checks on the file alone. A report is returned when loadable."""
+    p = Path(path)
+    if not p.exists():
+        return [Finding("RUNTIME.LORA_MISSING", subject, f"The LoRA file is not visible to this worker at {p}.",
+                        {"path": str(p), "host": os.uname().nodename})], None
+    if p.suffix.lower() != ".safetensors":
+        return [Finding("RUNTIME.LORA_INVALID", subject,
+                        f"Only .safetensors files are loaded; {p.name} is refused (pickles are never loaded).",
+                        {"path": str(p), "suffix": p.suffix})], None
+    try:
+        report = analyse(read_safetensors(p))
+    except LoraFileError as e:
+        return [Finding("RUNTIME.LORA_INVALID", subject, str(e), {"path": str(p), "error": type(e).__name__})], None
+    findings: list[Finding] = []
+    if report.nonfinite_tensors:
+        findings.append(Finding("RUNTIME.LORA_INVALID", subject,
+                                f"{len(report.nonfinite_tensors)} tensor(s) hold NaN or Inf values.",
+                                {"path": str(p), "nonfinite_tensors": report.nonfinite_tensors[:20]}))
+        return findings, None
+    if not report.modules:
+        findings.append(Finding("RUNTIME.LORA_INVALID", subject, "The file holds no LoRA module (no down/up pair).",
+                                {"path": str(p), "key_format": report.key_format,
+                                 "unmatched_keys": report.unmatched_keys[:20]}))
+        return findings, None
+    if report.all_zero:
+        findings.append(Finding("QUALITY.NO_LORA_EFFECT", subject,
+                                "Every weight delta in the file is zero (up weights all zero): it changes nothing.",
+                                {"path": str(p), "modules": len(report.modules), "total_delta_norm": 0.0}))
+    sources = {m.alpha_source for m in report.modules}
+    if sources == {"none"} and facts.alpha is not None and facts.rank and float(facts.alpha) != float(facts.rank):
+        findings.append(Finding("RUNTIME.LORA_ALPHA_UNKNOWN", subject,
+                                f"The file carries no alpha, so it loads at scale 1.0, but the run trained with "
+                                f"alpha {facts.alpha:g} and rank {facts.rank} (scale {facts.alpha / facts.rank:g}).",
+                                {"path": str(p), "run_alpha": facts.alpha, "run_rank": facts.rank,
+                                 "file_ranks": report.ranks}))
+    return findings, report
+
+
+def alpha_source(report: LoraFileReport | None) -> str:
+    if report is None:
+        return "unknown"
+    sources = sorted({m.alpha_source for m in report.modules})
+    if report.declared.get("alpha_source") == "lora_adapter_metadata":
+        return "lora_adapter_metadata"
+    if len(sources) != 1:
+        return "mixed:" + ",".join(sources)
+    return "none (scale 1.0 assumed)" if sources[0] == "none" else sources[0]
+
+
+def check_resolution(spec: EvalSpec, facts: RunFacts, subject: str) -> list[Finding]:
+    if facts.resolution and min(spec.width, spec.height) < facts.resolution:
+        return [Finding("RUNTIME.RESOLUTION_BELOW_TRAINING", subject,
+                        f"The evaluation renders at {spec.width}x{spec.height}, below the training "
+                        f"resolution {facts.resolution}.",
+                        {"width": spec.width, "height": spec.height, "training_resolution": facts.resolution})]
+    return []

@@ -1,0 +1,421 @@
+"""One checkpoint evaluation, end to end: contract checks, base arm, LoRA load + proof, LoRA arms,
+comparison and provenance checks, then `evaluation.json` in the checkpoint's renders dir.
+
+`evaluation.json` (schema_version 1; the reports layer turns it into report.json):
+    {schema_version, run_id, checkpoint_id, step, verdict, findings [Finding.to_dict()],
+     provenance {base_model, lora, trigger, eval, runtime {device, dtype, memory_settings,
+                 library_versions, pipeline_load, pipeline_load_s}, dataset_snapshot, dagster_run_id},
+     renders [{path (relative to the renders dir), manifest (sidecar path), arm, prompt_index, prompt,
+               negative_prompt, seed, width, height, steps, guidance_scale, scheduler, token_counts,
+               sha256 (file), pixels_sha256, save_s}],
+     skipped [{arm, prompt_index, seed, reason}], lora_load {evidence of lora/load.py},
+     determinism {reference, max_abs, mean_abs, tolerance}, metrics {base_vs_lora_trigger_mean_abs,
+     lora_trigger_vs_no_trigger_mean_abs}, timings {render_s per render name}}
+Written last and atomically: a crashed evaluation leaves no evaluation.json (and a stale heartbeat).
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lora_pipeline.findings import Finding, verdict
+from lora_pipeline.fsutil import atomic_write_json, sha256_file
+from lora_pipeline.render import compare, contract, manifest, ops, prompts
+from lora_pipeline.render.pipeline import MEMORY_SETTINGS, CachedPipeline, discard, get_pipeline
+from lora_pipeline.render.render_one import RenderRequest, render_image, settings_changes
+from lora_pipeline.render.spec import ARMS, LORA_ARMS, BaseChoice, CheckpointInput, EvalSpec, RunFacts
+
+EVALUATION_FILE = "evaluation.json"
+_ADAPTER_SEQ = itertools.count(1)
+# Findings of the LoRA contract: any of these (severity error) skips the LoRA arms.
+LORA_CONTRACT = {"RUNTIME.BASE_MODEL_MISMATCH", "RUNTIME.LORA_MISSING", "RUNTIME.LORA_INVALID",
+                 "RUNTIME.LORA_INCOMPATIBLE", "RUNTIME.LORA_PARTIAL", "RUNTIME.LORA_NOT_APPLIED"}
+
+
+@dataclass
+class EvaluationInputs:
+    facts: RunFacts
+    spec: EvalSpec
+    base: BaseChoice | None
+    checkpoint: CheckpointInput
+    out_dir: Path
+    device: str = "cpu"
+    dtype: str = "float32"
+    dagster_run_id: str | None = None
+
+
+@dataclass
+class EvaluationResult:
+    path: Path
+    verdict: str
+    findings: list[Finding] = field(default_factory=list)
+    renders: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    document: dict[str, Any] = field(default_factory=dict)
+    pipeline_cold: bool | None = None
+
+    def codes(self) -> set[str]:
+        return {f.code for f in self.findings}
+
+
+def library_versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg, key in (("torch", "torch"), ("diffusers", "diffusers"), ("peft", "peft"),
+                     ("transformers", "transformers"), ("lora-pipeline", "lora_pipeline")):
+        try:
+            out[key] = version(pkg)
+        except PackageNotFoundError:
+            out[key] = "unknown"
+    return out
+
+
+def _clear_outputs(out_dir: Path) -> None:
+    (out_dir / EVALUATION_FILE).unlink(missing_ok=True)
+    for arm in ARMS:
+        shutil.rmtree(out_dir / arm, ignore_errors=True)
+
+
+class _Evaluation:
+    """State of one evaluation; `run()` does the work in order."""
+
+    def __init__(self, inp: EvaluationInputs, log: Callable[[str], None],
+                 call_hook: Callable[[dict], dict] | None) -> None:
+        self.inp, self.log, self.call_hook = inp, log, call_hook
+        self.subject = f"{inp.facts.run_id}/{inp.facts.checkpoint_id}"
+        self.findings: list[Finding] = []
+        self.manifests: list[dict[str, Any]] = []
+        self.renders: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, Any]] = []
+        self.reasons: dict[tuple, str] = {}
+        self.images: dict[tuple, Any] = {}
+        self.render_s: dict[str, float] = {}
+        self.doc: dict[str, Any] = {"lora_load": {}, "determinism": {}, "metrics": {}}
+        self.base_identity: dict[str, Any] = {}
+        self.lora_facts: dict[str, Any] | None = None
+        self.entry: CachedPipeline | None = None
+        self.cold: bool | None = None
+        self.versions = library_versions()
+        self.load_timings: dict[str, Any] = {}
+        self.first_call_here = False
+        self.scheduler = ""
+        self.token_counts: dict[tuple, dict] = {}
+
+    # -- the steps -------------------------------------------------------------------------------
+    def run(self) -> EvaluationResult:
+        inp = self.inp
+        inp.out_dir.mkdir(parents=True, exist_ok=True)
+        self.findings += ops.scan_heartbeats(inp.out_dir, self.subject)
+        _clear_outputs(inp.out_dir)
+        base_findings, self.base_identity = contract.check_base(inp.facts.base, inp.base, self.subject)
+        self.findings += base_findings
+        file_findings, report = contract.check_lora_file(inp.checkpoint.path, inp.facts, self.subject)
+        self.findings += file_findings
+        self.findings += contract.check_resolution(inp.spec, inp.facts, self.subject)
+        self.report = report
+        if report is not None:
+            self.lora_facts = {"path": str(inp.checkpoint.path), "sha256": report.sha256,
+                               "recorded_sha256": inp.checkpoint.sha256, "alpha_source": contract.alpha_source(report),
+                               "scale": inp.spec.lora_scale, "key_format": report.key_format,
+                               "architecture": report.architecture.get("family"), "ranks": report.ranks}
+        if self.base_identity:
+            self._with_pipeline(report)
+        return self._finish()
+
+    def _with_pipeline(self, report: Any) -> None:
+        inp, b = self.inp, self.base_identity
+        t0 = time.perf_counter()
+        try:
+            self.entry, self.cold = get_pipeline(Path(b["path"]), b["sha256"], b["architecture"], inp.dtype, inp.device)
+        except Exception as e:  # noqa: BLE001 - a finding, not a traceback
+            self.findings.append(ops.error_finding(e, "pipeline_load", self.subject, {"base": b["path"]}))
+            self._skip_all("the base pipeline could not be loaded")
+            return
+        self.load_timings = {"pipeline_load": "cold" if self.cold else "warm",
+                             "pipeline_load_s": round(self.entry.load_s if self.cold else time.perf_counter() - t0, 6)}
+        self.log(f"pipeline load {self.load_timings['pipeline_load']} "
+                 f"{self.load_timings['pipeline_load_s']:.3f}s ({b['name']}, {inp.dtype}, {inp.device})")
+        pipe = self.entry.pipe
+        original_scheduler = pipe.scheduler
+        try:
+            try:
+                self.scheduler = self._set_scheduler(pipe)
+            except ValueError as e:
+                self.findings.append(ops.error_finding(e, "scheduler", self.subject, {}))
+                self._skip_all(str(e))
+                return
+            self._prompt_checks(pipe, report)
+            self._render_arm_set(("base",), None)
+            self._determinism()
+            if self._lora_contract_failed():
+                reason = "LoRA contract failed: " + ", ".join(sorted({f.code for f in self.findings
+                                                                     if f.code in LORA_CONTRACT}))
+                self._skip(LORA_ARMS, reason)
+            else:
+                self._load_and_render_lora(report)
+        finally:
+            if self.entry.pipe is not None:
+                pipe.scheduler = original_scheduler
+
+    def _set_scheduler(self, pipe: Any) -> str:
+        name = self.inp.spec.scheduler
+        if name and name != type(pipe.scheduler).__name__:
+            import diffusers
+
+            cls = getattr(diffusers, name, None)
+            if cls is None or not hasattr(cls, "from_config"):
+                raise ValueError(f"eval.scheduler {name!r}: not a diffusers scheduler")
+            pipe.scheduler = cls.from_config(pipe.scheduler.config)
+        return type(pipe.scheduler).__name__
+
+    def _prompt_checks(self, pipe: Any, report: Any) -> None:
+        inp = self.inp
+        toks = prompts.pipeline_tokenizers(pipe)
+        trig = inp.facts.trigger
+        refs = {"captions": inp.facts.caption_trigger,
+                "metadata": report.declared.get("trigger") if report is not None else None}
+        self.findings += prompts.check_trigger(toks, trig, refs, self.subject)
+        seen: set[tuple] = set()
+        for pi, template in enumerate(inp.spec.prompts):
+            for with_trigger in (True, False):
+                text = prompts.arm_prompt(template, trig, with_trigger)
+                found, counts = prompts.check_prompt(toks, text, inp.spec.negative_prompt,
+                                                     trig if with_trigger else None, self.subject,
+                                                     {"prompt_index": pi, "with_trigger": with_trigger})
+                self.token_counts[(pi, with_trigger)] = counts
+                for f in found:
+                    key = (f.code, f.evidence.get("which"), f.evidence.get("tokenizer"),
+                           f.evidence.get("text") if f.evidence.get("which") == "negative_prompt" else (pi, with_trigger))
+                    if key not in seen:
+                        seen.add(key)
+                        self.findings.append(f)
+            self.findings += prompts.check_negative(prompts.arm_prompt(template, trig, True), inp.spec.negative_prompt,
+                                                    self.subject, {"prompt_index": pi})
+
+    def _lora_contract_failed(self) -> bool:
+        return any(f.code in LORA_CONTRACT and f.severity == "error" for f in self.findings)
+
+    def _load_and_render_lora(self, report: Any) -> None:
+        from lora_pipeline.lora.load import PipelineDirty, load_and_verify, unload
+
+        inp, pipe = self.inp, self.entry.pipe
+        name = f"ck_{next(_ADAPTER_SEQ):04d}_{report.sha256[:8]}"
+        self.lora_facts["adapter_name"] = name
+        self.log(f"LoRA load {inp.checkpoint.path.name} as adapter {name}")
+        try:
+            outcome = load_and_verify(pipe, inp.checkpoint.path, name, inp.spec.lora_scale, self.subject,
+                                      all_zero=report.all_zero, dtype_name=inp.dtype)
+        except PipelineDirty as e:
+            self._dirty(e, "lora_load")
+            return
+        self.findings += outcome.findings
+        self.doc["lora_load"] = outcome.evidence
+        self.load_timings.update({k: round(v, 6) for k, v in outcome.timings.items()})
+        self.log(f"LoRA load {outcome.timings.get('lora_load_s', 0):.3f}s, verify "
+                 f"{outcome.timings.get('lora_verify_s', 0):.3f}s: {outcome.evidence.get('loaded_tensors')} of "
+                 f"{outcome.evidence.get('file_tensors')} tensors landed, probe rel delta "
+                 f"{outcome.evidence.get('probe_rel_delta')}")
+        if not outcome.applied:
+            self._skip(LORA_ARMS, "LoRA contract failed: " + ", ".join(sorted({f.code for f in outcome.findings})))
+            return
+        try:
+            self._render_arm_set(LORA_ARMS, self.lora_facts)
+        finally:
+            try:
+                unload(pipe)
+                self.log(f"adapter {name} deleted; no adapter remains")
+            except PipelineDirty as e:
+                self._dirty(e, "lora_unload")
+
+    def _dirty(self, e: Exception, phase: str) -> None:
+        self.findings.append(ops.error_finding(e, phase, self.subject, {"action": "pipeline discarded"}))
+        self.log(f"pipeline discarded: {e}")
+        discard(self.entry)
+        self._skip(LORA_ARMS, f"pipeline discarded in {phase}")
+
+    def _skip(self, arms: tuple[str, ...], reason: str) -> None:
+        for arm in arms:
+            for pi in range(len(self.inp.spec.prompts)):
+                for seed in self.inp.spec.seeds:
+                    if (pi, seed, arm) not in self.reasons:
+                        self.reasons[(pi, seed, arm)] = reason
+                        self.skipped.append({"arm": arm, "prompt_index": pi, "seed": seed, "reason": reason})
+
+    def _skip_all(self, reason: str) -> None:
+        self._skip(ARMS, reason)
+
+    # -- rendering -------------------------------------------------------------------------------
+    def _render_arm_set(self, arms: tuple[str, ...], lora: dict[str, Any] | None) -> None:
+        for arm in arms:
+            for pi, template in enumerate(self.inp.spec.prompts):
+                for seed in self.inp.spec.seeds:
+                    self._render(arm, pi, template, seed, lora)
+
+    def _request(self, arm: str, pi: int, template: str, seed: int) -> RenderRequest:
+        with_trigger = arm != "lora_no_trigger"
+        return RenderRequest(arm, pi, seed, prompts.arm_prompt(template, self.inp.facts.trigger, with_trigger),
+                             self.inp.spec.negative_prompt)
+
+    def _render(self, arm: str, pi: int, template: str, seed: int, lora: dict[str, Any] | None,
+                keep_file: bool = True) -> Any:
+        inp, pipe = self.inp, self.entry.pipe
+        req = self._request(arm, pi, template, seed)
+        png = inp.out_dir / arm / f"{req.name}.png"
+        label = f"{arm} {req.name}"
+        clock = ops.PhaseClock(lambda prev, new, s: prev not in ("start", "save") and self.log(f"{label}: {prev} {s:.3f}s"))
+        hb = ops.Heartbeat(inp.out_dir, f"{arm}__{req.name}", png) if keep_file else None
+        total = inp.spec.steps
+        quarter = max(1, total // 4)
+
+        def on_step(i: int, n: int) -> None:
+            if i == n or i % quarter == 0:
+                self.log(f"{label}: denoise step {i}/{n}")
+
+        t0 = time.perf_counter()
+        try:
+            out = render_image(pipe, inp.spec, req, clock, hb, on_step=on_step, call_hook=self.call_hook)
+        except Exception as e:  # noqa: BLE001 - classified into a finding with its phase
+            phase = clock.phase
+            if hb:
+                hb.done()
+            self.findings.append(ops.error_finding(e, phase, self.subject,
+                                                   {"arm": arm, "prompt_index": pi, "seed": seed}))
+            self.reasons[(pi, seed, arm)] = f"{type(e).__name__} in {phase}"
+            self.skipped.append({"arm": arm, "prompt_index": pi, "seed": seed, "reason": self.reasons[(pi, seed, arm)]})
+            self.log(f"{label}: FAILED in {phase}: {type(e).__name__}")
+            if ops.classify_error(e) != "failed":
+                from lora_pipeline.render.pipeline import empty_device_cache
+
+                empty_device_cache()
+            return None
+        timings = clock.stop()
+        self.entry.calls += 1
+        if self.entry.calls == 1:
+            self.entry.first_call_s = time.perf_counter() - t0
+            self.first_call_here = True
+        self.render_s[f"{arm}/{req.name}"] = round(time.perf_counter() - t0, 6)
+        if not keep_file:
+            return out.image
+        changes = settings_changes(inp.spec, req, out, self.scheduler)
+        if changes:
+            self.findings.append(Finding("RUNTIME.SETTINGS_CHANGED", self.subject,
+                                         f"The settings passed for {arm} {req.name} differ from the eval spec in "
+                                         f"{', '.join(changes)}.", {"arm": arm, "prompt_index": pi, "seed": seed,
+                                                                    "changes": changes}))
+        m = self._manifest(req, out, timings, lora, template)
+        ts = time.perf_counter()
+        manifest.write_render(png, out.image, m)
+        save_s = time.perf_counter() - ts
+        if hb:
+            hb.done()
+        self.log(f"{label}: save {save_s:.3f}s -> {png.relative_to(inp.out_dir)}")
+        self.manifests.append(m)
+        self.images[(pi, seed, arm)] = out.image
+        self.renders.append({"path": str(png.relative_to(inp.out_dir)), "manifest": str(png.with_suffix(".json")
+                             .relative_to(inp.out_dir)), "arm": arm, "prompt_index": pi, "prompt": m["prompt"],
+                             "negative_prompt": m["negative_prompt"], "seed": seed, "width": m["width"],
+                             "height": m["height"], "steps": m["steps"], "guidance_scale": m["guidance_scale"],
+                             "scheduler": m["scheduler"], "token_counts": m["token_counts"],
+                             "sha256": sha256_file(png), "pixels_sha256": out.pixels_sha256,
+                             "save_s": round(save_s, 6)})
+        return out.image
+
+    def _manifest(self, req: RenderRequest, out: Any, timings: dict[str, float], lora: dict[str, Any] | None,
+                  template: str) -> dict[str, Any]:
+        inp, b = self.inp, self.base_identity
+        r = out.requested
+        phase = dict(self.load_timings)
+        phase.update({f"{k}_s": v for k, v in timings.items() if k != "save"}, step_s=out.step_s)
+        if req.arm == "base":
+            phase = {k: v for k, v in phase.items() if not k.startswith("lora_")}
+        return {
+            "schema_version": manifest.SCHEMA_VERSION, "run_id": inp.facts.run_id,
+            "checkpoint_id": inp.facts.checkpoint_id, "arm": req.arm, "prompt_index": req.prompt_index,
+            "prompt_template": template,
+            "base_model": {k: b.get(k) for k in ("name", "path", "sha256", "architecture")},
+            "lora": None if lora is None else {k: lora.get(k) for k in ("path", "sha256", "adapter_name", "scale",
+                                                                         "alpha_source")},
+            "trigger": inp.facts.trigger, "prompt": r["prompt"], "negative_prompt": r["negative_prompt"],
+            "token_counts": self.token_counts.get((req.prompt_index, req.arm != "lora_no_trigger"), {}),
+            "seed": req.seed, "width": r["width"], "height": r["height"], "steps": r["num_inference_steps"],
+            "guidance_scale": float(r["guidance_scale"]), "scheduler": self.scheduler, "dtype": inp.dtype,
+            "device": inp.device, "generator": "cpu", "memory_settings": dict(MEMORY_SETTINGS),
+            "library_versions": self.versions, "phase_timings": phase, "observed": out.observed,
+            "pixels_sha256": out.pixels_sha256, "dagster_run_id": inp.dagster_run_id,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+
+    def _determinism(self) -> None:
+        """Re-render one base image once per (base, spec) in this process; later checkpoints compare
+        their first base image with that reference."""
+        spec = self.inp.spec
+        first = self.images.get((0, spec.seeds[0], "base"))
+        if first is None:
+            return
+        key = f"determinism:{spec.digest}"
+        ref = self.entry.checks.get(key)
+        if ref is None:
+            again = self._render("base", 0, spec.prompts[0], spec.seeds[0], None, keep_file=False)
+            if again is None:
+                return
+            self.entry.checks[key] = ref = first
+            first = again
+        diff = compare.pixel_diff(ref, first)
+        self.doc["determinism"] = {"reference": f"base 0-{spec.seeds[0]}", **diff,
+                                   "tolerance": compare.NONDETERMINISM_TOLERANCE}
+        self.findings += compare.nondeterministic(diff, {"arm": "base", "prompt_index": 0, "seed": spec.seeds[0]},
+                                                  self.subject)
+
+    # -- the end ---------------------------------------------------------------------------------
+    def _finish(self) -> EvaluationResult:
+        inp = self.inp
+        if self.manifests:
+            self.findings += compare.arm_missing(inp.spec, self.manifests, self.reasons, self.subject)
+            self.findings += compare.uncontrolled(inp.spec, self.manifests, inp.facts.trigger, self.subject)
+            self.findings += manifest.validate_manifests(self.manifests, self.subject)
+            self._metrics()
+        if self.first_call_here and self.entry is not None:
+            steady = [v for k, v in list(self.render_s.items())[1:]]
+            self.findings += ops.slow_warmup(self.entry.first_call_s, steady, self.subject)
+        for f in self.findings:  # a lost worker whose render was redone here is history, not a fault
+            if f.code == "OPERATIONAL.WORKER_LOST" and Path(f.evidence.get("output", "")).is_file():
+                f.severity, f.evidence["recovered"] = "info", True
+        doc = {
+            "schema_version": 1, "run_id": inp.facts.run_id, "checkpoint_id": inp.facts.checkpoint_id,
+            "step": inp.facts.step, "verdict": verdict(self.findings),
+            "findings": [f.to_dict() for f in self.findings],
+            "provenance": {"base_model": self.base_identity or {"declared": vars(inp.facts.base)},
+                           "lora": self.lora_facts or {"path": str(inp.checkpoint.path)},
+                           "trigger": inp.facts.trigger, "eval": inp.spec.to_dict(),
+                           "runtime": {"device": inp.device, "dtype": inp.dtype, "memory_settings": MEMORY_SETTINGS,
+                                       "library_versions": self.versions, **self.load_timings},
+                           "dataset_snapshot": inp.facts.dataset_snapshot, "dagster_run_id": inp.dagster_run_id},
+            "renders": self.renders, "skipped": self.skipped, **self.doc, "timings": {"render_s": self.render_s},
+        }
+        path = atomic_write_json(inp.out_dir / EVALUATION_FILE, doc)
+        return EvaluationResult(path=path, verdict=doc["verdict"], findings=self.findings, renders=self.renders,
+                                skipped=self.skipped, document=doc, pipeline_cold=self.cold)
+
+    def _metrics(self) -> None:
+        pairs = {"base_vs_lora_trigger_mean_abs": ("base", "lora_trigger"),
+                 "lora_trigger_vs_no_trigger_mean_abs": ("lora_no_trigger", "lora_trigger")}
+        for name, (a, b) in pairs.items():
+            vals = [compare.pixel_diff(self.images[(pi, s, a)], self.images[(pi, s, b)])["mean_abs"]
+                    for (pi, s, arm) in self.images if arm == a and (pi, s, b) in self.images]
+            if vals:
+                self.doc["metrics"][name] = round(sum(vals) / len(vals), 6)
+
+
+def evaluate_checkpoint(inp: EvaluationInputs, log: Callable[[str], None] = lambda _m: None,
+                        call_hook: Callable[[dict], dict] | None = None) -> EvaluationResult:
+    """Evaluate one checkpoint into `inp.out_dir`; findings, never tracebacks, for bad inputs."""
+    return _Evaluation(inp, log, call_hook).run()

@@ -1,0 +1,209 @@
+"""The render manifest: every fact that produced an image, in the PNG and beside it.
+
+Each PNG carries two text chunks (CONTRACT section 3): `parameters` (A1111 infotext) and
+`lora_pipeline` (the manifest as JSON), and has a sidecar `<name>.json` holding the same manifest.
+Both are written atomically. Manifests are validated by ONE pandera schema (`RenderManifestSchema`,
+over the flattened manifest rows); a missing fact -> PROVENANCE.INCOMPLETE.
+
+Manifest shape (schema_version 1):
+    {schema_version, run_id, checkpoint_id, arm (the model mode), prompt_index, prompt_template,
+     base_model {name, path, sha256, architecture}, lora null | {path, sha256, adapter_name, scale,
+     alpha_source}, trigger, prompt, negative_prompt, token_counts {prompt: {tokenizer: n},
+     negative_prompt: {...}}, seed, width, height, steps, guidance_scale, scheduler, dtype, device,
+     generator ("cpu"), memory_settings, library_versions, phase_timings {pipeline_load_s,
+     pipeline_load (cold|warm), lora_load_s, lora_verify_s, encode_s, denoise_s, step_s[], decode_s},
+     observed {steps_run, width, height, guidance_scale, scheduler}, pixels_sha256,
+     dagster_run_id (null outside Dagster), created_at}
+The save phase is timed outside the manifest (it is written inside the file being saved); it is in
+evaluation.json and the logs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pandera.polars as pa
+import polars as pl
+from pandera.api.polars.types import PolarsData
+
+from lora_pipeline.findings import Finding
+from lora_pipeline.fsutil import atomic_write_bytes, atomic_write_json
+
+SCHEMA_VERSION = 1
+PARAMETERS_CHUNK = "parameters"
+MANIFEST_CHUNK = "lora_pipeline"
+
+
+class RenderManifestSchema(pa.DataFrameModel):
+    """One row per render (flattened manifest). Nullable only where a fact may truly be absent."""
+
+    schema_version: int = pa.Field(eq=SCHEMA_VERSION)
+    run_id: str
+    checkpoint_id: str
+    arm: str = pa.Field(isin=["base", "lora_no_trigger", "lora_trigger"])
+    prompt_index: int = pa.Field(ge=0)
+    seed: int
+    prompt: str
+    negative_prompt: str
+    trigger: str = pa.Field(nullable=True)
+    token_counts: str  # JSON
+    base_model_name: str
+    base_model_path: str
+    base_model_sha256: str = pa.Field(str_length={"min_value": 64, "max_value": 64})
+    lora_path: str = pa.Field(nullable=True)
+    lora_sha256: str = pa.Field(nullable=True)
+    adapter_name: str = pa.Field(nullable=True)
+    lora_scale: float = pa.Field(nullable=True)
+    alpha_source: str = pa.Field(nullable=True)
+    width: int = pa.Field(gt=0)
+    height: int = pa.Field(gt=0)
+    steps: int = pa.Field(gt=0)
+    guidance_scale: float
+    scheduler: str
+    dtype: str = pa.Field(isin=["float32", "float16", "bfloat16"])
+    device: str
+    library_versions: str  # JSON
+    phase_timings: str  # JSON
+    pixels_sha256: str
+    dagster_run_id: str = pa.Field(nullable=True)
+    created_at: str
+
+    @pa.dataframe_check
+    def lora_facts_on_lora_arms(cls, data: PolarsData) -> pl.LazyFrame:
+        cols = ["lora_path", "lora_sha256", "adapter_name", "lora_scale", "alpha_source"]
+        ok = (pl.col("arm") == "base") | pl.all_horizontal([pl.col(x).is_not_null() for x in cols])
+        return data.lazyframe.select(ok.alias("lora_facts"))
+
+    class Config:
+        strict = True
+        coerce = False
+
+
+_COLUMNS = list(RenderManifestSchema.to_schema().columns)
+
+
+def flatten(m: dict[str, Any]) -> dict[str, Any]:
+    base, lora = m.get("base_model") or {}, m.get("lora") or {}
+    row = {k: m.get(k) for k in _COLUMNS}
+    row.update(base_model_name=base.get("name"), base_model_path=base.get("path"),
+               base_model_sha256=base.get("sha256"), lora_path=lora.get("path"), lora_sha256=lora.get("sha256"),
+               adapter_name=lora.get("adapter_name"), lora_scale=lora.get("scale"),
+               alpha_source=lora.get("alpha_source"))
+    for k in ("token_counts", "library_versions", "phase_timings"):
+        row[k] = json.dumps(m[k], sort_keys=True) if isinstance(m.get(k), dict) else None
+    if isinstance(row.get("guidance_scale"), int):
+        row["guidance_scale"] = float(row["guidance_scale"])
+    if isinstance(row.get("lora_scale"), int):
+        row["lora_scale"] = float(row["lora_scale"])
+    return row
+
+
+_POLARS_TYPES = {int: pl.Int64, float: pl.Float64, str: pl.Utf8}
+
+
+def manifests_frame(manifests: list[dict[str, Any]]) -> pl.DataFrame:
+    fields = RenderManifestSchema.to_schema().columns
+    schema = {name: _POLARS_TYPES.get(_py_type(col), pl.Utf8) for name, col in fields.items()}
+    rows = [flatten(m) for m in manifests]
+    data = {c: [r.get(c) for r in rows] for c in schema}
+    try:
+        return pl.DataFrame(data, schema=schema, strict=False)
+    except (TypeError, ValueError, pl.exceptions.PolarsError):
+        return pl.DataFrame({c: [str(v) if v is not None else None for v in vals] for c, vals in data.items()})
+
+
+def _py_type(col: Any) -> type:
+    s = str(col.dtype)
+    return int if "Int" in s else float if "Float" in s else str
+
+
+def validate_manifests(manifests: list[dict[str, Any]], subject: str) -> list[Finding]:
+    """PROVENANCE.INCOMPLETE for the renders whose manifest fails the schema (every failure listed)."""
+    if not manifests:
+        return []
+    df = manifests_frame(manifests)
+    try:
+        RenderManifestSchema.validate(df, lazy=True)
+    except pa.errors.SchemaErrors as e:
+        failures = e.failure_cases
+        rows = failures.to_dicts() if hasattr(failures, "to_dicts") else []
+        problems = sorted({f"{r.get('column') or r.get('check')}: {r.get('check')}" for r in rows})
+        return [Finding("PROVENANCE.INCOMPLETE", subject,
+                        f"{len(problems)} manifest fact(s) missing or malformed in the render manifests.",
+                        {"problems": problems[:40], "renders": len(manifests)})]
+    return []
+
+
+def _q(v: Any) -> str:
+    s = str(v)
+    return json.dumps(s) if ("," in s or ":" in s or '"' in s) else s
+
+
+def infotext(m: dict[str, Any]) -> str:
+    """A1111 `parameters`: prompt line(s), `Negative prompt: ...`, then the `Key: value, ...` line."""
+    prompt = m["prompt"]
+    lora = m.get("lora")
+    if lora:
+        prompt = f"{prompt} <lora:{lora['adapter_name']}:{lora['scale']:g}>"
+    params = [("Steps", m["steps"]), ("Sampler", m["scheduler"]), ("CFG scale", f"{m['guidance_scale']:g}"),
+              ("Seed", m["seed"]), ("Size", f"{m['width']}x{m['height']}"),
+              ("Model hash", (m["base_model"].get("sha256") or "")[:10]), ("Model", m["base_model"].get("name"))]
+    if lora:
+        params.append(("Lora hashes", f"{lora['adapter_name']}: {(lora.get('sha256') or '')[:12]}"))
+    params.append(("Version", f"lora-pipeline {m.get('library_versions', {}).get('lora_pipeline', '')}".strip()))
+    return (f"{prompt}\nNegative prompt: {m['negative_prompt']}\n"
+            + ", ".join(f"{k}: {_q(v)}" for k, v in params))
+
+
+_PARAM = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    """Inverse of `infotext` (A1111's format): prompt, negative_prompt, params, lora tags."""
+    lines = text.split("\n")
+    params_line = lines[-1]
+    body = lines[:-1]
+    neg_i = next((i for i, ln in enumerate(body) if ln.startswith("Negative prompt: ")), len(body))
+    prompt = "\n".join(body[:neg_i])
+    negative = "\n".join(body[neg_i:])[len("Negative prompt: "):] if neg_i < len(body) else ""
+    loras = re.findall(r"<lora:([^:>]+):([^>]+)>", prompt)
+    prompt = re.sub(r"\s*<lora:[^>]+>", "", prompt)
+    params = {}
+    for k, v in _PARAM.findall(params_line):
+        params[k.strip()] = json.loads(v) if v.startswith('"') else v.strip()
+    return {"prompt": prompt, "negative_prompt": negative, "params": params, "loras": loras}
+
+
+def png_bytes(image: Any, manifest: dict[str, Any]) -> bytes:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text(PARAMETERS_CHUNK, infotext(manifest))
+    info.add_text(MANIFEST_CHUNK, json.dumps(manifest, sort_keys=True, ensure_ascii=True))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def write_render(png_path: Path, image: Any, manifest: dict[str, Any]) -> Path:
+    """PNG (with both chunks) and sidecar JSON, each atomically; the sidecar last."""
+    data = png_bytes(image, manifest)
+    atomic_write_bytes(png_path, data)
+    atomic_write_json(png_path.with_suffix(".json"), manifest)
+    return png_path
+
+
+def read_png_chunks(path: Path) -> dict[str, Any]:
+    """{'parameters': str, 'lora_pipeline': dict} from a PNG (works on a copied file)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        text = dict(getattr(im, "text", {}) or {})
+    out: dict[str, Any] = {"parameters": text.get(PARAMETERS_CHUNK)}
+    raw = text.get(MANIFEST_CHUNK)
+    out[MANIFEST_CHUNK] = json.loads(raw) if raw else None
+    return out

@@ -1,0 +1,138 @@
+"""Arm prompts (CONTRACT section 2) and the prompt checks, counted with the pipeline's own tokenizers.
+
+- `{trigger}` is replaced by the trigger (trigger arms) or removed with the punctuation around it
+  tidied (`lora_no_trigger`); a prompt without `{trigger}` gets `"<trigger>, "` prepended.
+- Token counts use every tokenizer of the pipeline (SDXL: two; FLUX: CLIP + T5 capped at 512), for
+  the positive and the negative prompt. Over the limit -> RUNTIME.PROMPT_TRUNCATED; the trigger's
+  tokens past the limit -> RUNTIME.TRIGGER_TRUNCATED.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from lora_pipeline.findings import Finding
+
+T5_MAX = 512  # FLUX's max_sequence_length cap
+_STOPWORDS = frozenset("""a an the of on in at with and or to from by for is are be this that it its as into
+onto over under near very some any no not without""".split())
+
+
+def arm_prompt(template: str, trigger: str | None, with_trigger: bool) -> str:
+    trig = (trigger or "").strip()
+    if "{trigger}" not in template:
+        return f"{trig}, {template}" if (with_trigger and trig) else template
+    if with_trigger and trig:
+        return template.replace("{trigger}", trig)
+    return tidy(template.replace("{trigger}", ""))
+
+
+def tidy(text: str) -> str:
+    """Collapse the gap a removed trigger leaves: doubled spaces/commas, leading/trailing punctuation."""
+    s = re.sub(r"\s+", " ", text)
+    s = re.sub(r"\s+([,.;:!?])", r"\1", s)
+    s = re.sub(r"([,;:])(\s*[,;:])+", r"\1", s)
+    s = re.sub(r"^[\s,;:.]+|[\s,;:]+$", "", s)
+    return re.sub(r"\s+", " ", s).strip()
+
+
+def pipeline_tokenizers(pipe: Any) -> dict[str, Any]:
+    return {name: getattr(pipe, name) for name in ("tokenizer", "tokenizer_2", "tokenizer_3")
+            if getattr(pipe, name, None) is not None}
+
+
+def token_limit(tok: Any) -> int:
+    n = int(getattr(tok, "model_max_length", 77) or 77)
+    return T5_MAX if n > 100_000 or "T5" in type(tok).__name__ else n
+
+
+def _content_ids(tok: Any, text: str) -> list[int]:
+    return list(tok(text, add_special_tokens=False, truncation=False).input_ids)
+
+
+def token_counts(tokenizers: dict[str, Any], text: str) -> dict[str, int]:
+    """Tokens with the special tokens each encoder adds (the number compared with its limit)."""
+    out = {}
+    for name, tok in tokenizers.items():
+        out[name] = len(tok(text, truncation=False).input_ids)
+    return out
+
+
+def _specials(tok: Any) -> tuple[int, int]:
+    """(tokens added before, tokens added after) the content."""
+    full = len(tok("a", truncation=False).input_ids)
+    bare = len(_content_ids(tok, "a"))
+    before = 1 if getattr(tok, "bos_token_id", None) is not None and full - bare >= 2 else 0
+    return before, full - bare - before
+
+
+def trigger_span(tok: Any, prompt: str, trigger: str) -> tuple[int, int] | None:
+    """Token positions [start, end) of the trigger's last occurrence in the encoded prompt."""
+    idx = prompt.rfind(trigger)
+    if idx < 0 or not trigger:
+        return None
+    before, _ = _specials(tok)
+    start = before + len(_content_ids(tok, prompt[:idx].rstrip()))
+    return start, start + len(_content_ids(tok, trigger))
+
+
+def check_prompt(tokenizers: dict[str, Any], prompt: str, negative: str, trigger: str | None,
+                 subject: str, where: dict[str, Any]) -> tuple[list[Finding], dict[str, Any]]:
+    """Truncation findings for one resolved prompt (and its negative) and the token counts."""
+    findings: list[Finding] = []
+    counts = {"prompt": token_counts(tokenizers, prompt), "negative_prompt": token_counts(tokenizers, negative)}
+    for kind, text in (("prompt", prompt), ("negative_prompt", negative)):
+        for name, n in counts[kind].items():
+            limit = token_limit(tokenizers[name])
+            if n > limit:
+                findings.append(Finding("RUNTIME.PROMPT_TRUNCATED", subject,
+                                        f"The {kind.replace('_', ' ')} has {n} tokens for {name} (limit {limit}); "
+                                        f"the text encoder never sees the last {n - limit}.",
+                                        {**where, "which": kind, "tokenizer": name, "tokens": n, "limit": limit,
+                                         "text": text}))
+    if trigger and trigger in prompt:
+        for name, tok in tokenizers.items():
+            span, limit = trigger_span(tok, prompt, trigger), token_limit(tok)
+            _, after = _specials(tok)
+            if span and span[1] > limit - after:
+                findings.append(Finding("RUNTIME.TRIGGER_TRUNCATED", subject,
+                                        f"The trigger {trigger!r} sits at tokens {span[0]}-{span[1] - 1} for {name}, "
+                                        f"past the {limit}-token limit: the model never sees it.",
+                                        {**where, "tokenizer": name, "trigger_tokens": list(span), "limit": limit,
+                                         "prompt": prompt}))
+    return findings, counts
+
+
+def check_trigger(tokenizers: dict[str, Any], generation: str | None, references: dict[str, str | None],
+                  subject: str) -> list[Finding]:
+    """RUNTIME.TRIGGER_MISMATCH: the generation trigger against the captions' / metadata's trigger."""
+    out = []
+    if not generation:
+        return out
+    for source, ref in references.items():
+        if not ref:
+            continue
+        ids = {name: (_content_ids(tok, generation), _content_ids(tok, ref)) for name, tok in tokenizers.items()}
+        spelled = generation.strip() != ref.strip()
+        tokens_differ = {n: {"generation": a, "reference": b} for n, (a, b) in ids.items() if a != b}
+        if spelled or tokens_differ:
+            out.append(Finding("RUNTIME.TRIGGER_MISMATCH", subject,
+                               f"The generation trigger {generation!r} differs from the {source} trigger {ref!r}"
+                               + (" in token ids" if tokens_differ else " in spelling") + ".",
+                               {"generation": generation, "reference": ref, "source": source,
+                                "spelling_differs": spelled, "token_ids": tokens_differ}))
+    return out
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in re.findall(r"[a-z0-9][a-z0-9_'-]*", text.lower()) if w not in _STOPWORDS and len(w) > 1}
+
+
+def check_negative(prompt: str, negative: str, subject: str, where: dict[str, Any]) -> list[Finding]:
+    both = sorted(content_words(prompt) & content_words(negative))
+    if not both:
+        return []
+    return [Finding("RUNTIME.NEGATIVE_CONTRADICTS", subject,
+                    f"The negative prompt asks to avoid {', '.join(both)}, which the prompt asks for.",
+                    {**where, "words": both, "prompt": prompt, "negative_prompt": negative})]
