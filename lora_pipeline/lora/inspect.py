@@ -169,43 +169,73 @@ def analyse(sf: SafetensorsFile) -> LoraFileReport:
     report = LoraFileReport(path=str(sf.path), sha256=sf.sha256, size=sf.size, key_format=key_format,
                             tensors=len(keys), metadata=_readable_metadata(sf.metadata), unmatched_keys=unmatched,
                             declared=md_alpha)
-    for k in keys:
-        arr = sf.tensor(k)
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            report.nonfinite_tensors.append(k)
+    in_modules: set[str] = set()
     for module, parts in sorted(by_module.items()):
-        report.modules.append(_module_info(sf, module, parts, md_alpha))
+        info, checked = _module_info(sf, module, parts, md_alpha)
+        report.modules.append(info)
+        report.nonfinite_tensors.extend(k for k, bad in checked.items() if bad)
+        in_modules.update(checked)
         comp = _component(module)
         report.components[comp] = report.components.get(comp, 0) + 1
+    for k in keys:  # tensors the module pass did not already check (alphas, unmatched keys, ...)
+        if k not in in_modules:
+            arr = sf.tensor(k)
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                report.nonfinite_tensors.append(k)
+    report.nonfinite_tensors.sort(key=keys.index)
     report.architecture = infer_architecture(report.modules, keys)
     return report
 
 
-def _module_info(sf: SafetensorsFile, module: str, parts: dict[str, str], declared: dict) -> ModuleInfo:
+_SMALL = 1 << 20  # tensors up to this many elements are reduced in float64; larger ones in float32 (BLAS)
+
+
+def _as_matrix(sf: SafetensorsFile, key: str) -> np.ndarray:
+    t = sf.tensor(key)
+    t = t.astype(np.float64 if t.size <= _SMALL else np.float32, copy=False)
+    return t.reshape(t.shape[0], -1) if t.ndim else t.reshape(1, 1)
+
+
+def _sq_norm(x: np.ndarray) -> float:
+    flat = x.reshape(-1)
+    with np.errstate(all="ignore"):
+        return float(np.dot(flat, flat))
+
+
+def _module_info(sf: SafetensorsFile, module: str, parts: dict[str, str],
+                 declared: dict) -> tuple[ModuleInfo, dict[str, bool]]:
+    """The module's rank/alpha/norms, and {key: has NaN/Inf} for the A/B tensors it read.
+
+    One pass over each tensor: a finite sum of squares proves every element finite, so the
+    elementwise NaN/Inf scan only runs when the sum is not finite.
+    """
     info = ModuleInfo(name=module)
     down_k = next((parts[p] for p in ("lora_A.weight", *_DOWN) if p in parts), None)
     up_k = next((parts[p] for p in ("lora_B.weight", *_UP) if p in parts), None)
     if down_k is None or up_k is None:
-        return info
-    a = sf.tensor(down_k).astype(np.float64)
-    b = sf.tensor(up_k).astype(np.float64)
-    info.rank = int(a.shape[0])
-    a2 = a.reshape(a.shape[0], -1)
-    b2 = b.reshape(b.shape[0], -1)
+        return info, {}
+    a2, b2 = _as_matrix(sf, down_k), _as_matrix(sf, up_k)
+    info.rank = int(a2.shape[0])
     info.in_features, info.out_features = int(a2.shape[1]), int(b2.shape[0])
-    info.nonfinite = int((~np.isfinite(a2)).sum() + (~np.isfinite(b2)).sum())
+    checked = {}
+    for key, m in ((down_k, a2), (up_k, b2)):
+        sq = _sq_norm(m)
+        bad = 0 if np.isfinite(sq) else int((~np.isfinite(m)).sum())
+        info.nonfinite += bad
+        checked[key] = bad > 0
+        if key == up_k:
+            info.up_norm = float(np.sqrt(sq)) if np.isfinite(sq) else float(np.linalg.norm(b2))
     if "alpha" in parts:
         info.alpha, info.alpha_source = float(sf.tensor(parts["alpha"]).reshape(-1)[0]), "tensor"
     elif declared.get("alpha") is not None:
         info.alpha, info.alpha_source = float(declared["alpha"]), "metadata"
     scale = (info.alpha / info.rank) if info.alpha is not None and info.rank else 1.0
     with np.errstate(all="ignore"):
-        info.up_norm = float(np.linalg.norm(b2))
         if b2.shape[1] == a2.shape[0]:
             # ||B A||_F^2 = trace((B^T B)(A A^T)): r x r products, cheap for wide modules.
-            sq = float(np.trace((b2.T @ b2) @ (a2 @ a2.T)))
+            sq = float(np.sum((b2.T @ b2) * (a2 @ a2.T)))
             info.delta_norm = float(scale * np.sqrt(max(sq, 0.0))) if np.isfinite(sq) else float("nan")
-    return info
+    return info, checked
 
 
 def _readable_metadata(md: dict[str, str]) -> dict[str, Any]:

@@ -73,8 +73,9 @@ def read_safetensors(path: str | os.PathLike) -> SafetensorsFile:
     return parse_safetensors(p, data)
 
 
-def parse_safetensors(p: Path, data: bytes) -> SafetensorsFile:
-    sha = hashlib.sha256(data).hexdigest()
+def parse_safetensors(p: Path, data: bytes, sha256: str | None = None) -> SafetensorsFile:
+    """Validate and parse `data` (the file's bytes); `sha256` if the caller already hashed them."""
+    sha = sha256 or hashlib.sha256(data).hexdigest()
     if data[:2] == b"PK" or data[:1] == b"\x80":
         raise PickleRefusedError(f"{p}: pickle/zip content refused: only safetensors data is loaded")
     if len(data) < 8:

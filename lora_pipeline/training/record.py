@@ -33,6 +33,11 @@ class CheckpointRecord:
     step: int | None = None
     epoch: int | None = None
     partition_key: str = ""
+    mtime_ns: int = 0
+    final: bool = False  # the trainer's final file (e.g. kohya `<name>.safetensors`)
+    aliases: list[str] = field(default_factory=list)  # other files with the same bytes (absolute)
+    total_delta_norm: float | None = None  # ||delta W||_F over all modules (from the analysis)
+    nonfinite_tensors: int = 0
 
 
 @dataclass
@@ -55,6 +60,16 @@ class RunRecord:
     sources: dict[str, str] = field(default_factory=dict)  # fact -> where it was read from
     conflicts: dict[str, dict[str, Any]] = field(default_factory=dict)  # fact -> {source: value}
     findings: list[Finding] = field(default_factory=list)
+    name: str | None = None  # the trainer's output name
+    epochs: int | None = None
+    images: int | None = None  # training images (without repeats) when known
+    config_files: list[str] = field(default_factory=list)  # config/log files read (relative)
+    pending: list[str] = field(default_factory=list)  # checkpoint files still being written
+    ignored: list[str] = field(default_factory=list)  # files refused (pickles) or unreadable
+    extra: dict[str, Any] = field(default_factory=dict)  # trainer-specific facts kept as read
+
+    def checkpoint(self, checkpoint_id: str) -> CheckpointRecord | None:
+        return next((c for c in self.checkpoints if c.checkpoint_id == checkpoint_id), None)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -69,4 +84,5 @@ class RunRecord:
         d["checkpoints"] = [CheckpointRecord(**c) for c in d.get("checkpoints") or []]
         d["loss"] = [tuple(x) for x in d.get("loss") or []]
         d["findings"] = [Finding.from_dict(f) for f in d.get("findings") or []]
-        return cls(**d)
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})

@@ -1,0 +1,197 @@
+"""The training group (issue 4): `training_run` (one dynamic partition per run), `lora_checkpoint`
+(one per checkpoint, key `<run_id>~<checkpoint_id>`) and `training_runs_sensor`, which keeps the
+partitions in step with the runs folder and requests each checkpoint's evaluation once.
+
+Thin: the logic lives in lora_pipeline.training; torch is never imported here.
+"""
+
+
+import base64
+import importlib.util
+from pathlib import Path
+
+import dagster as dg
+
+from assets.partitions import CHECKPOINTS, TRAINING_RUNS
+from lora_pipeline.config import Config
+from lora_pipeline.findings import Finding
+from lora_pipeline.fsutil import atomic_write_json
+from lora_pipeline.lora.safetensors_file import LoraFileError
+from lora_pipeline.storage import Storage, split_checkpoint_partition_key
+from lora_pipeline.training.checkpoints import FileIndex
+from lora_pipeline.training.ingest import (
+    IngestError,
+    index_path,
+    ingest_run,
+    load_run_record,
+    run_folder,
+    write_run_record,
+)
+from lora_pipeline.training.scan import fingerprint_of, scan_runs
+from resources.settings import PipelineSettings
+
+GROUP = "training"
+RUN_KEY = dg.AssetKey("training_run")
+CHECKPOINT_KEY = dg.AssetKey("lora_checkpoint")
+RUN_JOB = "training_run_job"
+CHECKPOINT_JOB = "checkpoint_job"
+_RUN_KEY_TAG = "dagster/run_key"
+
+
+def _findings_table(findings: list[Finding]) -> dg.MetadataValue:
+    rows = ["| code | severity | message |", "|---|---|---|"]
+    rows += [f"| `{f.code}` | {f.severity} | {f.message.replace('|', '/')[:200]} |" for f in findings]
+    return dg.MetadataValue.md("\n".join(rows) if findings else "no findings")
+
+
+def _png_md(data: bytes, alt: str) -> dg.MetadataValue:
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})")
+
+
+def _dataset_deps() -> list[dg.AssetDep]:
+    if importlib.util.find_spec("assets.dataset") is None:
+        return []
+    return [dg.AssetDep("dataset_snapshot", partition_mapping=dg.AllPartitionMapping())]
+
+
+def _build_assets():
+    @dg.asset(key=RUN_KEY, group_name=GROUP, partitions_def=TRAINING_RUNS, deps=_dataset_deps(), code_version="1",
+              description="A training run folder ingested into one normalised run record "
+                          "(storage/runs/<run_id>/run.json): facts, checkpoints, loss, findings.")
+    def training_run(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+        config = settings.config
+        run_id = context.partition_key
+        folder = run_folder(config, run_id)
+        if folder is None:
+            raise dg.Failure(f"run {run_id}: no folder for it under {config.training_runs}")
+        ingested = ingest_run(folder, config)
+        files = write_run_record(config, ingested)
+        r = ingested.record
+        meta = {
+            "run_json": dg.MetadataValue.path(str(files["run.json"])),
+            "format": r.format, "checkpoints": len(r.checkpoints), "loss_points": len(r.loss),
+            "base_model": str(r.base_model.name), "trigger": str(r.trigger), "rank": str(r.rank),
+            "alpha": str(r.alpha), "learning_rate": str(r.learning_rate),
+            "dataset_snapshot": str(r.dataset.snapshot_id), "findings": _findings_table(r.findings),
+            "loss_curve": _png_md(files["loss.png"].read_bytes(), "loss"),
+            "delta_norm_curve": _png_md(files["delta_norm.png"].read_bytes(), "delta norm"),
+        }
+        if r.pending:
+            meta["pending_files"] = ", ".join(r.pending)
+        return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(fingerprint_of(r)))
+
+    @dg.asset(key=CHECKPOINT_KEY, group_name=GROUP, partitions_def=CHECKPOINTS, code_version="1",
+              deps=[dg.AssetDep(RUN_KEY, partition_mapping=dg.AllPartitionMapping())],
+              description="One checkpoint file analysed in one read (hash + header + tensors): key "
+                          "family, rank/alpha per module, delta norms, NaN/Inf, inferred base "
+                          "architecture vs the run's declared base. Data version = file sha256.")
+    def lora_checkpoint(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+        config = settings.config
+        doc, findings = analyse_partition(config, context.partition_key)
+        return dg.MaterializeResult(
+            metadata={"analysis_json": dg.MetadataValue.path(doc["analysis_path"]), "sha256": doc["sha256"],
+                      "size": doc["size"], "step": str(doc["step"]), "key_format": doc["analysis"]["key_format"],
+                      "ranks": str(doc["analysis"]["ranks"]),
+                      "total_delta_norm": float(doc["analysis"]["total_delta_norm"] or 0.0),
+                      "architecture": str(doc["base_check"]), "findings": _findings_table(findings)},
+            data_version=dg.DataVersion(doc["sha256"]))
+
+    return [training_run, lora_checkpoint]
+
+
+_COMPATIBLE = {"sd-unet": {"sd1", "sd2", None}}
+
+
+def analyse_partition(config: Config, partition_key: str) -> tuple[dict, list[Finding]]:
+    """Analyse one checkpoint partition and write storage/checkpoints/<run>/<ckpt>/analysis.json."""
+    run_id, cid = split_checkpoint_partition_key(partition_key)
+    folder = run_folder(config, run_id)
+    if folder is None:
+        raise dg.Failure(f"checkpoint {partition_key}: run folder {run_id} not found under {config.training_runs}")
+    try:
+        record = load_run_record(config.storage, run_id)
+    except IngestError:
+        record = None
+    if record is None or record.checkpoint(cid) is None:
+        record = ingest_run(folder, config).record
+    ck = record.checkpoint(cid)
+    if ck is None:
+        raise dg.Failure(f"checkpoint {partition_key}: no such checkpoint in {folder} (removed or renamed?)")
+    path = Path(ck.path)
+    try:
+        full = FileIndex(index_path(config.storage, run_id)).analysis(
+            path.relative_to(folder).as_posix(), path, config.checks.full_verify)
+    except (LoraFileError, OSError) as e:
+        raise dg.Failure(str(e).splitlines()[0]) from None
+    declared, inferred = record.base_model.architecture, (full.get("architecture") or {}).get("family")
+    consistent = declared is None or inferred in (declared, "unknown") or declared in _COMPATIBLE.get(inferred, set())
+    findings = [Finding(f.code, f.subject, f.message, f.evidence, f.severity) for f in record.findings
+                if f.subject == str(path)]
+    if not consistent:
+        findings.append(Finding("TRAINING.CONFIG_UNKNOWN", str(path),
+                                f"The run declares a {declared} base but the weights look {inferred}.",
+                                {"declared": declared, "inferred": full.get("architecture")}))
+    dest = Storage(Path(config.storage)).checkpoint_analysis(run_id, cid)
+    doc = {"schema_version": 1, "run_id": run_id, "checkpoint_id": cid, "partition_key": partition_key,
+           "path": str(path), "sha256": full["sha256"], "size": full["size"], "step": ck.step, "epoch": ck.epoch,
+           "base_check": {"declared": declared, "inferred": inferred, "consistent": consistent},
+           "analysis": full, "findings": [f.to_dict() for f in findings]}
+    atomic_write_json(dest, doc)
+    doc["analysis_path"] = str(dest)
+    return doc, findings
+
+
+def _done(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str, version: str, run_key: str) -> bool:
+    """Already requested (a run with this run key exists) or already materialized at this version."""
+    if instance.get_run_records(dg.RunsFilter(tags={_RUN_KEY_TAG: run_key}), limit=1):
+        return True
+    rec = instance.get_latest_data_version_record(key, partition_key=partition)
+    mat = rec.asset_materialization if rec is not None else None
+    return bool(mat and (mat.tags or {}).get("dagster/data_version") == version)
+
+
+def _build_jobs():
+    run_job = dg.define_asset_job(RUN_JOB, selection=dg.AssetSelection.assets(RUN_KEY),
+                                  description="Ingest one training run (partition = run id).")
+    # Every checkpoint-partitioned asset from lora_checkpoint down (evaluation assets join by lineage).
+    checkpoint_job = dg.define_asset_job(CHECKPOINT_JOB, selection=dg.AssetSelection.assets(CHECKPOINT_KEY).downstream(),
+                                         description="Analyse and evaluate one checkpoint (partition = run~checkpoint).")
+    return run_job, checkpoint_job
+
+
+def build_sensor(config: Config, run_job, checkpoint_job) -> dg.SensorDefinition:
+    @dg.sensor(name="training_runs_sensor", jobs=[run_job, checkpoint_job], minimum_interval_seconds=30,
+               default_status=dg.DefaultSensorStatus.RUNNING,
+               description="Adds a partition per run folder and per complete checkpoint file; requests "
+                           "ingestion/evaluation once per content (run key from the checkpoint sha256).")
+    def training_runs_sensor(context: dg.SensorEvaluationContext):
+        instance = context.instance
+        scans = scan_runs(config)
+        new_runs = [s.run_id for s in scans if not instance.has_dynamic_partition(TRAINING_RUNS.name, s.run_id)]
+        new_ckpts = [c.partition_key for s in scans for c in s.checkpoints
+                     if not instance.has_dynamic_partition(CHECKPOINTS.name, c.partition_key)]
+        requests = []
+        for s in scans:
+            if not _done(instance, RUN_KEY, s.run_id, s.fingerprint, s.run_key):
+                requests.append(dg.RunRequest(job_name=RUN_JOB, partition_key=s.run_id, run_key=s.run_key))
+            for c in s.checkpoints:
+                if not _done(instance, CHECKPOINT_KEY, c.partition_key, c.sha256, c.run_key):
+                    requests.append(dg.RunRequest(job_name=CHECKPOINT_JOB, partition_key=c.partition_key,
+                                                  run_key=c.run_key, tags={"lora_pipeline/sha256": c.sha256}))
+        waiting = sum(len(s.waiting) for s in scans)
+        if not (new_runs or new_ckpts or requests):
+            return dg.SkipReason(f"{len(scans)} run(s) up to date; {waiting} file(s) not complete yet")
+        adds = []
+        if new_runs:
+            adds.append(TRAINING_RUNS.build_add_request(new_runs))
+        if new_ckpts:
+            adds.append(CHECKPOINTS.build_add_request(new_ckpts))
+        return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=adds)
+
+    return training_runs_sensor
+
+
+def definitions(config: Config) -> dg.Definitions:
+    run_job, checkpoint_job = _build_jobs()
+    return dg.Definitions(assets=_build_assets(), jobs=[run_job, checkpoint_job],
+                          sensors=[build_sensor(config, run_job, checkpoint_job)])

@@ -1,0 +1,137 @@
+"""Checkpoint files: read each once (hash and parse in one pass), analyse, cache by (size, mtime).
+
+`analyse_checkpoint` reads the file's bytes once; the sha256 runs in a second thread over the same
+buffer while numpy walks the tensors (both release the GIL), so analysis costs little more than the
+hash alone (bench/ingest_bench.py). The result is cached in `storage/runs/<run_id>/files.json`,
+keyed by relative path with size and mtime, so repeated ingestion and sensor ticks do not re-read
+unchanged files (`checks.full_verify` forces a re-read).
+
+`header_complete` is the cheap "still being written?" test: the header parses and the file is
+exactly as long as the header's last tensor says.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import threading
+from pathlib import Path
+from typing import Any
+
+from lora_pipeline.fsutil import atomic_write_json
+from lora_pipeline.lora.inspect import analyse
+from lora_pipeline.lora.safetensors_file import (
+    MAX_HEADER_BYTES,
+    LoraFileError,
+    parse_safetensors,
+    refuse_pickle,
+)
+
+INDEX_VERSION = 1
+
+
+def _hash(data: bytes, out: list) -> None:
+    out.append(hashlib.sha256(data).hexdigest())
+
+
+def analyse_checkpoint(path: Path) -> dict[str, Any]:
+    """Hash + parse + analyse in one read. Raises LoraFileError (one line) for a bad file."""
+    refuse_pickle(path)
+    try:
+        st = path.stat()
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise LoraFileError(f"{path}: cannot read ({e.strerror or e})") from None
+    digest: list[str] = []
+    worker = threading.Thread(target=_hash, args=(data, digest))
+    worker.start()
+    try:
+        sf = parse_safetensors(path, data, sha256="pending")
+        report = analyse(sf)
+    finally:
+        worker.join()
+    report.sha256 = digest[0]
+    d = report.to_dict()
+    d["mtime_ns"] = st.st_mtime_ns
+    return d
+
+
+def header_complete(path: Path) -> bool:
+    """True when the header parses and the file ends exactly where its last tensor ends."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                return False
+            header = json.loads(f.read(n).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if not isinstance(header, dict):
+        return False
+    ends = [v.get("data_offsets", [0, 0])[1] for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict)]
+    try:
+        return 8 + n + max(ends, default=0) == size
+    except TypeError:
+        return False
+
+
+class FileIndex:
+    """The per-run cache of checkpoint analyses and size observations (storage/runs/<id>/files.json)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.dirty = False
+        if path is not None and path.is_file():
+            try:
+                doc = json.loads(path.read_text("utf-8"))
+                if doc.get("version") == INDEX_VERSION and isinstance(doc.get("files"), dict):
+                    self.entries = doc["files"]
+            except (OSError, ValueError):
+                self.entries = {}  # a cache: a broken one is rebuilt
+
+    def cached(self, rel: str, st: os.stat_result) -> dict[str, Any] | None:
+        e = self.entries.get(rel)
+        if e and e.get("size") == st.st_size and e.get("mtime_ns") == st.st_mtime_ns:
+            return e
+        return None
+
+    def analysis(self, rel: str, path: Path, full_verify: bool = False) -> dict[str, Any]:
+        """The cached analysis when size+mtime match, else a fresh one (stored). LoraFileError passes."""
+        st = path.stat()
+        e = self.cached(rel, st)
+        if e and e.get("analysis") and not full_verify:
+            return e["analysis"]
+        a = analyse_checkpoint(path)
+        self.entries[rel] = {"size": a["size"], "mtime_ns": a["mtime_ns"], "sha256": a["sha256"], "analysis": a}
+        self.dirty = True
+        return a
+
+    def observe(self, rel: str, st: os.stat_result) -> bool:
+        """Record the file's size+mtime; True when they equal the previous observation (stable)."""
+        e = self.entries.get(rel)
+        stable = bool(e and e.get("size") == st.st_size and e.get("mtime_ns") == st.st_mtime_ns)
+        if not stable:
+            self.entries[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+            self.dirty = True
+        return stable
+
+    def save(self) -> None:
+        if self.path is not None and self.dirty:
+            atomic_write_json(self.path, {"version": INDEX_VERSION, "files": self.entries})
+            self.dirty = False
+
+
+def compact(analysis: dict[str, Any]) -> dict[str, Any]:
+    """The analysis without the bulky parts, for run-level use."""
+    return {k: analysis.get(k) for k in ("sha256", "size", "key_format", "tensors", "ranks", "components",
+                                         "total_delta_norm", "all_zero", "nonfinite_tensors", "architecture",
+                                         "declared")}

@@ -1,0 +1,180 @@
+"""What every format parser shares: the parsed-run shape, safe config readers (a parse error is a
+TRAINING.CONFIG_UNKNOWN finding, never a traceback), and value normalisers.
+
+A parser returns a `ParsedRun`: facts as (fact, value, source) in priority order, the candidate
+checkpoint files with what their names say (step, epoch, final), the loss series and findings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lora_pipeline.findings import Finding
+
+# Facts a run record carries, by dotted name (base_model.* and dataset.* are nested).
+FACTS = ("base_model.name", "base_model.path", "base_model.sha256", "base_model.architecture", "trigger",
+         "rank", "alpha", "learning_rate", "optimizer", "steps", "resolution", "dataset.path",
+         "dataset.snapshot_id", "started_at", "name", "epochs", "images")
+KEY_FACTS = ("base_model.name", "rank", "learning_rate", "steps", "resolution")  # missing -> CONFIG_UNKNOWN
+
+
+@dataclass
+class Candidate:
+    path: Path
+    step: int | None = None
+    epoch: int | None = None
+    final: bool = False  # the trainer's final file of the run
+    complete: bool = False  # the trainer declares it fully written (e.g. listed in its run file)
+
+
+@dataclass
+class ParsedRun:
+    format: str
+    facts: list[tuple[str, Any, str]] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+    loss: list[tuple[int, float]] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    config_files: list[str] = field(default_factory=list)
+    finished: bool = False  # the trainer's end marker exists: every complete file is final
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fact(self, name: str, value: Any, source: str) -> None:
+        if value is not None and value != "" and value != []:
+            self.facts.append((name, value, source))
+
+
+def config_unknown(subject: Path | str, message: str, **evidence: Any) -> Finding:
+    return Finding("TRAINING.CONFIG_UNKNOWN", str(subject), message, evidence=evidence)
+
+
+def read_config(path: Path, run: ParsedRun, root: Path) -> Any:
+    """Parse a json/yaml/toml file; on any error add CONFIG_UNKNOWN with the error and return None."""
+    rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+    run.config_files.append(rel)
+    try:
+        text = path.read_text("utf-8")
+        suffix = path.suffix.lower()
+        if suffix in (".yaml", ".yml"):
+            return yaml.safe_load(text)
+        if suffix == ".toml":
+            return tomllib.loads(text)
+        return json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
+        err = " ".join(str(e).split())[:300]
+        run.findings.append(config_unknown(path, f"{rel}: cannot parse ({e.__class__.__name__}: {err})",
+                                           file=rel, error=f"{e.__class__.__name__}: {err}"))
+        return None
+
+
+def read_jsonl(path: Path, run: ParsedRun, root: Path) -> list[dict]:
+    """Lines of a JSON-lines log; a bad line is skipped and reported once (the rest still counts)."""
+    rel = path.relative_to(root).as_posix()
+    run.config_files.append(rel)
+    rows, bad = [], []
+    try:
+        lines = path.read_text("utf-8", errors="replace").splitlines()
+    except OSError as e:
+        run.findings.append(config_unknown(path, f"{rel}: cannot read ({e})", file=rel, error=str(e)))
+        return rows
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad.append(f"line {i}: {e.msg}")
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    if bad and not (len(bad) == 1 and bad[0].startswith(f"line {len(lines)}:")):  # a torn last line is normal
+        run.findings.append(config_unknown(path, f"{rel}: {len(bad)} unparseable line(s), first {bad[0]}",
+                                           file=rel, error=bad[0], bad_lines=len(bad)))
+    return rows
+
+
+def as_float(v: Any) -> float | None:
+    if isinstance(v, bool) or v is None:
+        return None
+    if isinstance(v, int | float):
+        return float(v)
+    try:
+        return float(str(v).strip())
+    except ValueError:
+        return None
+
+
+def as_int(v: Any) -> int | None:
+    f = as_float(v)
+    return int(f) if f is not None and math.isfinite(f) and f == int(f) else None
+
+
+def as_loss(v: Any) -> float | None:
+    """A loss value; 'nan'/'inf' strings (how JSON logs carry them) become float nan/inf."""
+    if isinstance(v, str) and v.strip().lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
+        return float(v.strip().lower().replace("infinity", "inf"))
+    return as_float(v)
+
+
+def resolution(v: Any) -> int | None:
+    """512, "512", "512,768", "(512, 512)", "512x768", [512, 768] -> the largest side."""
+    if isinstance(v, list | tuple):
+        nums = [as_int(x) for x in v]
+    else:
+        nums = [int(x) for x in re.findall(r"\d+", str(v))] if v is not None else []
+    nums = [n for n in nums if n]
+    return max(nums) if nums else None
+
+
+_ARCH = [(re.compile(p, re.I), a) for p, a in (
+    (r"flux", "flux"), (r"sdxl|stable-diffusion-xl|xl_|_xl|sd_xl", "sdxl"),
+    (r"sd_?v?2|stable-diffusion-v2|sd2|stable_diffusion_20|stable_diffusion_21", "sd2"),
+    (r"sd_?v?1|sd_1|stable-diffusion-v1|sd1|stable_diffusion_15|stable_diffusion_14|sd15", "sd1"))]
+
+
+def architecture(v: Any) -> str | None:
+    """Normalise ss_base_model_version / modelspec.architecture / model_type strings."""
+    if not v:
+        return None
+    for pat, arch in _ARCH:
+        if pat.search(str(v)):
+            return arch
+    return None
+
+
+def iso_time(v: Any) -> str | None:
+    """Unix seconds (number or string) or an ISO string -> ISO 8601 UTC."""
+    f = as_float(v)
+    if f is not None and f > 1e8:
+        return datetime.fromtimestamp(f / 1000 if f > 1e12 else f, UTC).isoformat()
+    if isinstance(v, str) and v:
+        try:
+            d = datetime.fromisoformat(v.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return (d if d.tzinfo else d.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    return None
+
+
+def dig(d: Any, *path: str | int) -> Any:
+    for p in path:
+        if isinstance(d, dict):
+            d = d.get(p)
+        elif isinstance(d, list) and isinstance(p, int) and -len(d) <= p < len(d):
+            d = d[p]
+        else:
+            return None
+    return d
+
+
+def safetensors_in(folder: Path, recursive: bool = False) -> list[Path]:
+    it = folder.rglob("*.safetensors") if recursive else folder.glob("*.safetensors")
+    return sorted(p for p in it if p.is_file() and not p.name.startswith("."))
