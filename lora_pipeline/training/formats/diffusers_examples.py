@@ -27,7 +27,7 @@ def parse(folder: Path) -> ParsedRun:
                 src = hp.relative_to(folder).as_posix()
                 run.fact("base_model.name", doc.get("pretrained_model_name_or_path"), src)
                 run.fact("rank", as_int(doc.get("rank")), src)
-                run.fact("alpha", as_float(doc.get("lora_alpha")) or as_float(doc.get("rank")), src)
+                run.fact("alpha", as_float(doc.get("lora_alpha")), src)  # text_to_image_lora: alpha=rank, unstated
                 run.fact("learning_rate", as_float(doc.get("learning_rate")), src)
                 run.fact("steps", as_int(doc.get("max_train_steps")), src)
                 run.fact("resolution", resolution(doc.get("resolution")), src)
