@@ -50,10 +50,14 @@ def _match_configured(record: RunRecord, config: Config, dirs: list[str]) -> str
     return None
 
 
-def _images(files: dict[str, str]) -> int:
+def _image_set(files: dict) -> set[str]:
     from lora_pipeline.dataset.layout import IMAGE_EXTENSIONS
 
-    return sum(1 for k in files if os.path.splitext(k)[1].lower() in IMAGE_EXTENSIONS)
+    return {k for k in files if os.path.splitext(k)[1].lower() in IMAGE_EXTENSIONS}
+
+
+def _images(files: dict) -> int:
+    return len(_image_set(files))
 
 
 def _iso_ns(iso: str | None) -> int | None:
@@ -108,8 +112,10 @@ def link_dataset(record: RunRecord, config: Config, dirs: list[str]) -> dict[str
     started_ns = _iso_ns(record.started_at)
     changed = sorted(k for k, st in scan.files.items() if started_ns is not None and st.mtime_ns > started_ns)
     unchanged = {k: st.sha256 for k, st in scan.files.items() if k not in changed}
-    snap = snap_api.find_snapshot_matching(storage, name, unchanged, exact=not changed)
-    images = len(scan.listing.pairs)
+    snap = snap_api.find_snapshot_matching(storage, name, unchanged)
+    if snap is not None and not changed and _image_set(snap.files) != _image_set(scan.files):
+        snap = None  # the snapshot holds every file, but the folder has images it lacks (or vice versa)
+    images = _images(scan.files)
     if changed:
         record.findings.append(Finding(
             "DATASET.SOURCE_CHANGED", subject,

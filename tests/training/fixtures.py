@@ -54,8 +54,8 @@ def _save(path: Path, tensors: dict, md: dict) -> Path:
     return path
 
 
-def native(runs: Path, native_run: Path) -> Path:
-    return Path(shutil.copytree(native_run, runs / "native run"))  # a space: run_id becomes native_run
+def native(runs: Path, native_run: Path, name: str = "native run") -> Path:
+    return Path(shutil.copytree(native_run, runs / name))  # a space: run_id becomes native_run
 
 
 def kohya(runs: Path, kohya_run: Path) -> Path:
