@@ -8,6 +8,8 @@ from lora_pipeline.config import Config
 
 
 def build_resources(config: Config) -> dict[str, Any]:
+    from resources.diffusion_runtime import DiffusionRuntime
     from resources.settings import PipelineSettings
 
-    return {"settings": PipelineSettings(config_path=str(config.source) if config.source else "")}
+    return {"settings": PipelineSettings(config_path=str(config.source) if config.source else ""),
+            "diffusion_runtime": DiffusionRuntime(device=config.runtime.device, dtype=config.runtime.dtype)}

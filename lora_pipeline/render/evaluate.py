@@ -378,8 +378,8 @@ class _Evaluation:
     # -- the end ---------------------------------------------------------------------------------
     def _finish(self) -> EvaluationResult:
         inp = self.inp
+        self.findings += compare.arm_missing(inp.spec, self.manifests, self.reasons, self.subject)
         if self.manifests:
-            self.findings += compare.arm_missing(inp.spec, self.manifests, self.reasons, self.subject)
             self.findings += compare.uncontrolled(inp.spec, self.manifests, inp.facts.trigger, self.subject)
             self.findings += manifest.validate_manifests(self.manifests, self.subject)
             self._metrics()

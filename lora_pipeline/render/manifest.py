@@ -147,13 +147,14 @@ def infotext(m: dict[str, Any]) -> str:
     """A1111 `parameters`: prompt line(s), `Negative prompt: ...`, then the `Key: value, ...` line."""
     prompt = m["prompt"]
     lora = m.get("lora")
+    lora_name = Path(lora.get("path") or "lora").stem if lora else ""  # A1111 names a LoRA by its file
     if lora:
-        prompt = f"{prompt} <lora:{lora['adapter_name']}:{lora['scale']:g}>"
+        prompt = f"{prompt} <lora:{lora_name}:{lora['scale']:g}>"
     params = [("Steps", m["steps"]), ("Sampler", m["scheduler"]), ("CFG scale", f"{m['guidance_scale']:g}"),
               ("Seed", m["seed"]), ("Size", f"{m['width']}x{m['height']}"),
               ("Model hash", (m["base_model"].get("sha256") or "")[:10]), ("Model", m["base_model"].get("name"))]
     if lora:
-        params.append(("Lora hashes", f"{lora['adapter_name']}: {(lora.get('sha256') or '')[:12]}"))
+        params.append(("Lora hashes", f"{lora_name}: {(lora.get('sha256') or '')[:12]}"))
     params.append(("Version", f"lora-pipeline {m.get('library_versions', {}).get('lora_pipeline', '')}".strip()))
     return (f"{prompt}\nNegative prompt: {m['negative_prompt']}\n"
             + ", ".join(f"{k}: {_q(v)}" for k, v in params))

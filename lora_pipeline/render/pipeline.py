@@ -126,10 +126,10 @@ def _load(path: Path, architecture: str, dtype: str, device: str) -> Any:
 
             cls = {"sdxl": "StableDiffusionXLPipeline", "flux": "FluxPipeline"}.get(architecture,
                                                                                   "StableDiffusionPipeline")
-            pipe = getattr(diffusers, cls).from_single_file(str(path), torch_dtype=torch_dtype,
+            pipe = getattr(diffusers, cls).from_single_file(str(path), dtype=torch_dtype,
                                                             local_files_only=True)
         else:
-            pipe = AutoPipelineForText2Image.from_pretrained(str(path), torch_dtype=torch_dtype,
+            pipe = AutoPipelineForText2Image.from_pretrained(str(path), dtype=torch_dtype,
                                                              local_files_only=True, use_safetensors=True)
         pipe = pipe.to(device)
     except (OSError, ValueError, RuntimeError, TypeError, KeyError) as e:

@@ -1,0 +1,87 @@
+"""The evaluation group: `eval_renders`, one partition per checkpoint (`<run_id>~<checkpoint_id>`).
+
+Thin: the work is in lora_pipeline.render (core, no Dagster) through the `diffusion_runtime`
+resource. For each checkpoint the step reads the run record from storage, proves the runtime
+applies the LoRA, renders the three arms and writes `renders/<run_id>/<checkpoint_id>/evaluation.json`
+(shape documented in lora_pipeline/render/evaluate.py), logging each phase to Dagster as it happens.
+
+- `pool="gpu"`: one render step at a time per instance (the shipped dagster.yaml limits pools to 1);
+  `GPU_STEP_TAGS` route the step to a GPU node when scaled out (deploy/).
+- `evaluation` job: in-process executor and a single-run backfill policy, so one run evaluates a
+  range of checkpoints in one process and loads each base pipeline once for all of them.
+- Depends on the training group's `lora_checkpoint` by key (same partitions).
+"""
+
+import dagster as dg
+
+from assets.deploy_tags import GPU_STEP_TAGS
+from assets.partitions import CHECKPOINTS
+from lora_pipeline.config import Config
+from resources.diffusion_runtime import DiffusionRuntime
+from resources.settings import PipelineSettings
+
+GROUP = "evaluation"
+LORA_CHECKPOINT_KEY = dg.AssetKey("lora_checkpoint")
+EVALUATION_JOB = "evaluation"
+
+
+@dg.asset(
+    name="eval_renders",
+    group_name=GROUP,
+    partitions_def=CHECKPOINTS,
+    pool="gpu",
+    deps=[LORA_CHECKPOINT_KEY],
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    op_tags=GPU_STEP_TAGS,
+    kinds={"pytorch", "diffusers"},
+    description="Prove the runtime applies the LoRA, then render base / LoRA without trigger / LoRA with "
+                "trigger for every prompt x seed, with a manifest in and beside every PNG.",
+)
+def eval_renders(context: dg.AssetExecutionContext, settings: PipelineSettings,
+                 diffusion_runtime: DiffusionRuntime) -> dg.MaterializeResult:
+    from lora_pipeline.render.from_record import EvaluationSetupError, inputs_for
+    from lora_pipeline.render.pipeline import PipelineLoadError
+    from lora_pipeline.storage import split_checkpoint_partition_key
+
+    config = settings.config
+    try:
+        device, dtype = diffusion_runtime.resolved()
+    except PipelineLoadError as e:
+        raise dg.Failure(description=str(e)) from None
+    rows, totals = [], {"renders": 0, "skipped": 0, "errors": 0, "warnings": 0}
+    dirs, verdicts = [], {}
+    for key in context.partition_keys:
+        run_id, checkpoint_id = split_checkpoint_partition_key(key)
+        try:
+            inputs = inputs_for(config, run_id, checkpoint_id, device, dtype, dagster_run_id=context.run_id)
+        except EvaluationSetupError as e:
+            raise dg.Failure(description=str(e)) from None
+        context.log.info(f"[{key}] evaluating {inputs.checkpoint.path} on {device}/{dtype}")
+        result = diffusion_runtime.evaluate(inputs, log=lambda m, _k=key: context.log.info(f"[{_k}] {m}"))
+        verdicts[key] = result.verdict
+        dirs.append(str(inputs.out_dir))
+        totals["renders"] += len(result.renders)
+        totals["skipped"] += len(result.skipped)
+        for f in result.findings:
+            totals["errors" if f.severity == "error" else "warnings"] += f.severity in ("error", "warn")
+            rows.append(dg.TableRecord({"checkpoint": key, "code": f.code, "severity": f.severity,
+                                        "message": f.message[:300]}))
+        context.log.info(f"[{key}] verdict {result.verdict}: {len(result.renders)} renders, "
+                         f"{len(result.skipped)} skipped, {len(result.findings)} findings -> {result.path}")
+    schema = dg.TableSchema(columns=[dg.TableColumn(c) for c in ("checkpoint", "code", "severity", "message")])
+    return dg.MaterializeResult(metadata={
+        **{k: dg.MetadataValue.int(v) for k, v in totals.items()},
+        "findings": dg.MetadataValue.table(rows, schema=schema),
+        "verdicts": dg.MetadataValue.json(verdicts),
+        "render_dir": dg.MetadataValue.path(dirs[0]) if len(dirs) == 1 else dg.MetadataValue.json(dirs),
+        "base_loads_in_process": dg.MetadataValue.int(DiffusionRuntime.base_loads()),
+        "device": device, "dtype": dtype,
+    })
+
+
+evaluation_job = dg.define_asset_job(EVALUATION_JOB, selection=[eval_renders], executor_def=dg.in_process_executor,
+                                     description="Evaluate checkpoints in one process: the base loads once per run.")
+
+
+def definitions(config: Config) -> dg.Definitions:
+    return dg.Definitions(assets=[eval_renders], jobs=[evaluation_job])
