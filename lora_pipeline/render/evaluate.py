@@ -65,20 +65,6 @@ class EvaluationResult:
         return {f.code for f in self.findings}
 
 
-def library_versions() -> dict[str, str]:
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg, key in (("torch", "torch"), ("diffusers", "diffusers"), ("peft", "peft"),
-                     ("transformers", "transformers"), ("lora-pipeline", "lora_pipeline")):
-        try:
-            out[key] = version(pkg)
-        except PackageNotFoundError:
-            out[key] = "unknown"
-    return out
-
-
 def _clear_outputs(out_dir: Path) -> None:
     (out_dir / EVALUATION_FILE).unlink(missing_ok=True)
     for arm in ARMS:
@@ -104,7 +90,7 @@ class _Evaluation:
         self.lora_facts: dict[str, Any] | None = None
         self.entry: CachedPipeline | None = None
         self.cold: bool | None = None
-        self.versions = library_versions()
+        self.versions = manifest.library_versions()
         self.load_timings: dict[str, Any] = {}
         self.first_call_here = False
         self.scheduler = ""

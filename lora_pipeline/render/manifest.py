@@ -138,6 +138,20 @@ def validate_manifests(manifests: list[dict[str, Any]], subject: str) -> list[Fi
     return []
 
 
+def library_versions() -> dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg, key in (("torch", "torch"), ("diffusers", "diffusers"), ("peft", "peft"),
+                     ("transformers", "transformers"), ("lora-pipeline", "lora_pipeline")):
+        try:
+            out[key] = version(pkg)
+        except PackageNotFoundError:
+            out[key] = "unknown"
+    return out
+
+
 def _q(v: Any) -> str:
     s = str(v)
     return json.dumps(s) if ("," in s or ":" in s or '"' in s) else s
