@@ -6,8 +6,13 @@ Pure numpy: no torch, so `lora-pipeline inspect` and checkpoint analysis stay li
 
 from __future__ import annotations
 
+import ctypes
+import glob
 import json
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +74,9 @@ class LoraFileReport:
         return bool(self.modules) and all((m.up_norm or 0.0) == 0.0 for m in self.modules)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {k: v for k, v in self.__dict__.items() if k != "modules"}
+        d = asdict(LoraFileReport(**d))
+        d["modules"] = [dict(m.__dict__) for m in self.modules]
         d.update(ranks=self.ranks, total_delta_norm=self.total_delta_norm, all_zero=self.all_zero)
         return d
 
@@ -146,7 +153,47 @@ def infer_architecture(modules: list[ModuleInfo], keys: list[str]) -> dict[str, 
     return {"family": "unknown", **evidence}
 
 
+_BLAS: list = []
+
+
+def _blas_threads_api():
+    """numpy's bundled OpenBLAS get/set-num-threads, or None (other BLAS builds: left alone)."""
+    if not _BLAS:
+        api = None
+        try:
+            libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*"))
+            lib = ctypes.CDLL(libs[0]) if libs else None
+            get = getattr(lib, "scipy_openblas_get_num_threads64_", None)
+            put = getattr(lib, "scipy_openblas_set_num_threads64_", None)
+            api = (get, put) if get and put else None
+        except OSError:
+            api = None
+        _BLAS.append(api)
+    return _BLAS[0]
+
+
+@contextmanager
+def single_thread_blas() -> Iterator[None]:
+    """The LoRA matrices are small (rank x width): OpenBLAS waking its thread pool for each product
+    costs ~50x the product itself on a busy host, so the analysis runs them on one thread."""
+    api = _blas_threads_api()
+    if api is None:
+        yield
+        return
+    before = api[0]()
+    api[1](1)
+    try:
+        yield
+    finally:
+        api[1](before)
+
+
 def analyse(sf: SafetensorsFile) -> LoraFileReport:
+    with single_thread_blas():
+        return _analyse(sf)
+
+
+def _analyse(sf: SafetensorsFile) -> LoraFileReport:
     keys = sf.keys()
     by_module: dict[str, dict[str, str]] = {}
     formats: dict[str, int] = {}
@@ -187,7 +234,7 @@ def analyse(sf: SafetensorsFile) -> LoraFileReport:
     return report
 
 
-_SMALL = 1 << 20  # tensors up to this many elements are reduced in float64; larger ones in float32 (BLAS)
+_SMALL = 1 << 16  # tensors up to this many elements are reduced in float64; larger ones in float32 (BLAS)
 
 
 def _as_matrix(sf: SafetensorsFile, key: str) -> np.ndarray:
@@ -196,18 +243,13 @@ def _as_matrix(sf: SafetensorsFile, key: str) -> np.ndarray:
     return t.reshape(t.shape[0], -1) if t.ndim else t.reshape(1, 1)
 
 
-def _sq_norm(x: np.ndarray) -> float:
-    flat = x.reshape(-1)
-    with np.errstate(all="ignore"):
-        return float(np.dot(flat, flat))
-
-
 def _module_info(sf: SafetensorsFile, module: str, parts: dict[str, str],
                  declared: dict) -> tuple[ModuleInfo, dict[str, bool]]:
     """The module's rank/alpha/norms, and {key: has NaN/Inf} for the A/B tensors it read.
 
-    One pass over each tensor: a finite sum of squares proves every element finite, so the
-    elementwise NaN/Inf scan only runs when the sum is not finite.
+    One pass over each tensor: the r x r Gram matrices give ||A||, ||B|| (their traces) and
+    ||B A|| = sqrt(sum((B^T B) * (A A^T))); a finite trace proves every element finite, so the
+    elementwise NaN/Inf scan only runs when it is not.
     """
     info = ModuleInfo(name=module)
     down_k = next((parts[p] for p in ("lora_A.weight", *_DOWN) if p in parts), None)
@@ -217,24 +259,25 @@ def _module_info(sf: SafetensorsFile, module: str, parts: dict[str, str],
     a2, b2 = _as_matrix(sf, down_k), _as_matrix(sf, up_k)
     info.rank = int(a2.shape[0])
     info.in_features, info.out_features = int(a2.shape[1]), int(b2.shape[0])
+    with np.errstate(all="ignore"):
+        ga = a2 @ a2.T
+        gb = b2.T @ b2
+        sq_a, sq_b = float(np.trace(ga)), float(np.trace(gb))
     checked = {}
-    for key, m in ((down_k, a2), (up_k, b2)):
-        sq = _sq_norm(m)
+    for key, m, sq in ((down_k, a2, sq_a), (up_k, b2, sq_b)):
         bad = 0 if np.isfinite(sq) else int((~np.isfinite(m)).sum())
         info.nonfinite += bad
         checked[key] = bad > 0
-        if key == up_k:
-            info.up_norm = float(np.sqrt(sq)) if np.isfinite(sq) else float(np.linalg.norm(b2))
+    info.up_norm = float(np.sqrt(sq_b)) if np.isfinite(sq_b) else float(np.linalg.norm(b2))
     if "alpha" in parts:
         info.alpha, info.alpha_source = float(sf.tensor(parts["alpha"]).reshape(-1)[0]), "tensor"
     elif declared.get("alpha") is not None:
         info.alpha, info.alpha_source = float(declared["alpha"]), "metadata"
     scale = (info.alpha / info.rank) if info.alpha is not None and info.rank else 1.0
-    with np.errstate(all="ignore"):
-        if b2.shape[1] == a2.shape[0]:
-            # ||B A||_F^2 = trace((B^T B)(A A^T)): r x r products, cheap for wide modules.
-            sq = float(np.sum((b2.T @ b2) * (a2 @ a2.T)))
-            info.delta_norm = float(scale * np.sqrt(max(sq, 0.0))) if np.isfinite(sq) else float("nan")
+    if b2.shape[1] == a2.shape[0]:
+        with np.errstate(all="ignore"):
+            sq = float(np.sum(gb * ga))
+        info.delta_norm = float(scale * np.sqrt(max(sq, 0.0))) if np.isfinite(sq) else float("nan")
     return info, checked
 
 

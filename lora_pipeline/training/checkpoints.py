@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import struct
 import threading
 from pathlib import Path
 from typing import Any
 
-from lora_pipeline.fsutil import atomic_write_json
+from lora_pipeline.fsutil import atomic_write_bytes
 from lora_pipeline.lora.inspect import analyse
 from lora_pipeline.lora.safetensors_file import (
     MAX_HEADER_BYTES,
@@ -42,9 +43,10 @@ def analyse_checkpoint(path: Path) -> dict[str, Any]:
     try:
         st = path.stat()
         with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise LoraFileError(f"{path}: cannot read ({e.strerror or e})") from None
+            # large files are mapped, not copied: the hash and numpy read the page cache directly
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if st.st_size >= 1 << 20 else f.read()
+    except (OSError, ValueError) as e:
+        raise LoraFileError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
     digest: list[str] = []
     worker = threading.Thread(target=_hash, args=(data, digest))
     worker.start()
@@ -126,7 +128,8 @@ class FileIndex:
 
     def save(self) -> None:
         if self.path is not None and self.dirty:
-            atomic_write_json(self.path, {"version": INDEX_VERSION, "files": self.entries})
+            doc = {"version": INDEX_VERSION, "files": self.entries}
+            atomic_write_bytes(self.path, json.dumps(doc, separators=(",", ":"), default=str).encode())
             self.dirty = False
 
 
