@@ -82,34 +82,45 @@ def _inside(root: Path, path: Path) -> bool:
         return False
 
 
+def walk_stats(root: Path) -> tuple[list[tuple[str, int, int]], list[str]]:
+    """(relative POSIX path, size, mtime_ns) of every regular file under root, sorted, and the
+    symlinks refused because they leave the root. One scandir pass: no extra stat per file."""
+    files: list[tuple[str, int, int]] = []
+    refused: list[str] = []
+    root_s = str(root)
+    stack = [("", root_s)]
+    while stack:
+        prefix, folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            if _ignored(e.name):
+                continue
+            rel = prefix + e.name
+            if e.is_symlink():
+                if not _inside(root, Path(e.path)):
+                    refused.append(rel)
+                    continue
+                if e.is_dir():  # a linked folder inside the root is walked where it really is
+                    continue
+            if e.is_dir(follow_symlinks=False):
+                stack.append((rel + "/", e.path))
+            elif e.is_file():
+                try:
+                    st = e.stat()
+                except OSError:
+                    continue
+                files.append((rel, st.st_size, st.st_mtime_ns))
+    files.sort()
+    return files, sorted(refused)
+
+
 def walk_files(root: Path) -> tuple[list[Path], list[str]]:
     """Regular files under root (relative), and symlinks refused because they leave the root."""
-    files: list[Path] = []
-    refused: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        d = Path(dirpath)
-        keep = []
-        for name in sorted(dirnames):
-            if _ignored(name):
-                continue
-            p = d / name
-            if p.is_symlink():
-                # A linked folder inside the root is already walked; one outside is refused.
-                if not _inside(root, p):
-                    refused.append((p.relative_to(root)).as_posix())
-                continue
-            keep.append(name)
-        dirnames[:] = keep
-        for name in sorted(filenames):
-            if _ignored(name):
-                continue
-            p = d / name
-            if p.is_symlink() and not _inside(root, p):
-                refused.append(p.relative_to(root).as_posix())
-                continue
-            if p.is_file():
-                files.append(p.relative_to(root))
-    return files, refused
+    files, refused = walk_stats(root)
+    return [Path(f[0]) for f in files], refused
 
 
 def _read_metadata(path: Path, root: Path, read_text: CaptionReader) -> tuple[dict[str, tuple[str, str]], bool]:

@@ -10,9 +10,11 @@ mtimes, the machine or the folder's location.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +26,9 @@ from lora_pipeline.dataset.layout import (
     METADATA_FILES,
     DatasetError,
     DatasetListing,
-    Pair,
     is_dataset_file,
     list_dataset,
-    walk_files,
+    walk_stats,
 )
 from lora_pipeline.dataset.schema import manifest_frame
 
@@ -57,6 +58,24 @@ class StatCache:
     scanned_at_ns: int = 0
     images: dict[str, ImageInfo] = field(default_factory=dict)  # sha256 -> probe
     texts: dict[str, str] = field(default_factory=dict)  # caption file sha256 -> text (utf-8 files)
+    loader: Callable[[], pl.DataFrame | None] | None = None  # the last manifest, read on demand
+
+    def load(self) -> None:
+        """Fill `images` and `texts` from the last manifest (only when a new manifest is built)."""
+        if self.loader is None:
+            return
+        frame, self.loader = self.loader(), None
+        if frame is None:
+            return
+        for r in frame.select("sha256", "size", "width", "height", "phash", "image_error",
+                              "caption", "caption_path", "caption_decode_error").iter_rows():
+            sha, size, w, h, ph, err, cap, cap_path, bad = r
+            self.images[sha] = ImageInfo(sha, size, w, h, ph, err)
+            st = self.files.get(cap_path) if cap_path else None
+            # Only a whole, valid UTF-8 caption file's text is reused (metadata rows are re-read).
+            if st is not None and cap is not None and not bad \
+                    and cap_path.rsplit("/", 1)[-1] not in METADATA_FILES:
+                self.texts.setdefault(st.sha256, cap)
 
     def trusted(self, rel: str, size: int, mtime_ns: int) -> FileStat | None:
         old = self.files.get(rel)
@@ -70,7 +89,7 @@ class StatCache:
 @dataclass
 class Scan:
     root: Path
-    listing: DatasetListing
+    listing: DatasetListing | None  # None when an existing snapshot already holds this content
     files: dict[str, FileStat]  # every dataset file (images, captions, metadata), relative path -> stat
     scanned_at_ns: int
     frame: pl.DataFrame | None = None  # the manifest (None for a fingerprint-only scan)
@@ -78,16 +97,18 @@ class Scan:
     reused: int = 0  # files whose stored hash was reused (size + mtime unchanged)
     stored: int = 0  # objects newly written to the store
 
+    refused: list[str] = field(default_factory=list)  # symlinks leaving the root (part of the id)
+
     @property
     def content_id(self) -> str:
-        return content_id(self.files)
+        return content_id(self.files, self.refused)
 
 
-def content_id(files: dict[str, FileStat]) -> str:
-    h = hashlib.sha256(ID_VERSION.encode() + b"\n")
-    for rel in sorted(files):
-        h.update(f"{rel}\0{files[rel].sha256}\n".encode())
-    return h.hexdigest()[:20]
+def content_id(files: dict[str, FileStat], refused: list[str] = ()) -> str:
+    """sha256 of the sorted (relative path, sha256) list, plus refused symlinks' names; 20 hex digits."""
+    lines = [f"{rel}\0{st.sha256}\n" for rel, st in sorted(files.items())]
+    lines += [f"{rel}\0refused-symlink\n" for rel in sorted(refused)]
+    return hashlib.sha256((ID_VERSION + "\n" + "".join(lines)).encode()).hexdigest()[:20]
 
 
 class ObjectStore:
@@ -95,6 +116,7 @@ class ObjectStore:
 
     def __init__(self, root: Path):
         self.root = Path(root) / "objects"
+        self._root_s = str(self.root)
         self._dirs: set[str] = set()
         self._lock = threading.Lock()
 
@@ -103,7 +125,7 @@ class ObjectStore:
 
     def has(self, sha: str, size: int) -> bool:
         try:
-            return os.stat(self.path(sha)).st_size == size
+            return os.stat(f"{self._root_s}/{sha[:2]}/{sha}").st_size == size
         except OSError:
             return False
 
@@ -111,31 +133,29 @@ class ObjectStore:
         """Store `data` (whose sha256 is `sha`); False when an intact copy is already there."""
         if self.has(sha, len(data)):
             return False
-        d = self.root / sha[:2]
+        d = f"{self._root_s}/{sha[:2]}"
         if sha[:2] not in self._dirs:
-            d.mkdir(parents=True, exist_ok=True)
+            os.makedirs(d, exist_ok=True)
             with self._lock:
                 self._dirs.add(sha[:2])
-        tmp = d / f".{sha}.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp = f"{d}/.{sha}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, d / sha)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)  # read-only from birth
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+            os.replace(tmp, f"{d}/{sha}")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
         return True
 
 
-def _stat(root: Path, rel: str) -> os.stat_result:
-    try:
-        return os.stat(root / rel)
-    except OSError as e:
-        raise DatasetError(f"{root / rel}: cannot read ({e.strerror})") from None
-
-
-def _read(path: Path) -> bytes:
+def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read()
@@ -150,71 +170,118 @@ def _decode(data: bytes) -> tuple[str, bool]:
         return data.decode("utf-8", errors="replace"), True
 
 
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def scan_dataset(root: str | os.PathLike, *, cache: StatCache | None = None, full_verify: bool = False,
                  store: ObjectStore | None = None, probe_images: bool = True,
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Scan:
+                 max_pixels: int = DEFAULT_MAX_PIXELS, known_id: Callable[[str], bool] | None = None,
+                 workers: int | None = None) -> Scan:
     """List, hash and (with `probe_images`) decode the dataset; copy new files into `store`.
 
     Without `probe_images` only the file hashes are computed (the source fingerprint), and no
-    manifest is built. Raises DatasetError (one line) for a missing folder or one without images.
+    manifest is built. When `known_id(content_id)` says a snapshot of exactly this content exists,
+    the listing and manifest are not rebuilt (`frame` and `listing` stay None): they are a function
+    of the content. Files are read, hashed, decoded and stored by `workers` threads (default up to 4).
+    Raises DatasetError (one line) for a missing folder or one without images.
     """
     root_p = Path(root).expanduser()
     if not root_p.is_dir():
         raise DatasetError(f"{root_p}: dataset folder not found")
     root_p = root_p.resolve()
+    root_s = str(root_p) + os.sep
     cache = cache or StatCache()
     started = _now_ns()
-    walked = walk_files(root_p)
+    entries, refused = walk_stats(root_p)
     files: dict[str, FileStat] = {}
     probes: dict[str, ImageInfo] = {}
     texts: dict[str, tuple[str, bool]] = {}
-    hashed = reused = stored = 0
-    for relp in walked[0]:
-        rel = relp.as_posix()
+    todo: list[tuple[str, int, bool]] = []
+    reused = 0
+    reused_images: list[tuple[str, int]] = []
+    for rel, size, mtime_ns in entries:
         if not is_dataset_file(rel):
             continue
-        st = _stat(root_p, rel)
-        is_image = relp.suffix.lower() in IMAGE_EXTENSIONS
-        old = None if full_verify else cache.trusted(rel, st.st_size, st.st_mtime_ns)
-        if old is not None and (store is None or store.has(old.sha256, old.size)) and (
-                not is_image or not probe_images or old.sha256 in cache.images):
+        is_image = os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
+        old = None if full_verify else cache.trusted(rel, size, mtime_ns)
+        if old is not None and (store is None or store.has(old.sha256, old.size)):
             files[rel] = old
             if is_image and probe_images:
-                probes[rel] = cache.images[old.sha256]
-            elif not is_image and old.sha256 in cache.texts:
-                texts[rel] = (cache.texts[old.sha256], False)
+                reused_images.append((rel, mtime_ns))
             reused += 1
             continue
-        data = _read(root_p / rel)
-        hashed += 1
+        todo.append((rel, mtime_ns, is_image))
+
+    def work(item: tuple[str, int, bool]) -> tuple[str, FileStat, ImageInfo | None, tuple[str, bool] | None, bool]:
+        rel, mtime_ns, is_image = item
+        data = _read(root_s + rel)
+        info = text = None
         if is_image and probe_images:
             info = probe_bytes(data, max_pixels)
-            probes[rel] = info
             sha = info.sha256
         else:
             sha = hashlib.sha256(data).hexdigest()
             if not is_image:
-                texts[rel] = _decode(data)
-        files[rel] = FileStat(len(data), st.st_mtime_ns, sha)
-        if store is not None and store.put(sha, data):
-            stored += 1
+                text = _decode(data)
+        stored = store.put(sha, data) if store is not None else False
+        return rel, FileStat(len(data), mtime_ns, sha), info, text, stored
+
+    def run(items: list[tuple[str, int, bool]]) -> int:
+        n_workers = workers or default_workers()
+        if n_workers > 1 and len(items) > 64:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(n_workers) as pool:
+                done = list(pool.map(work, items, chunksize=32))
+        else:
+            done = [work(item) for item in items]
+        n_stored = 0
+        for rel, st, info, text, was_stored in done:
+            files[rel] = st
+            if info is not None:
+                probes[rel] = info
+            if text is not None:
+                texts[rel] = text
+            n_stored += was_stored
+        return n_stored
+
+    stored = run(todo)
+    files = dict(sorted(files.items()))
+    if not any(os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS for rel in files):
+        raise DatasetError(f"{root_p}: no images found (png, jpg, jpeg, webp, bmp, any depth)")
+    scan = Scan(root_p, None, files, started, hashed=len(todo), reused=reused, stored=stored,
+                refused=refused)
+    if not probe_images:
+        scan.listing = DatasetListing(root=root_p, refused_symlinks=refused, files=[e[0] for e in entries])
+        return scan
+    if known_id is not None and known_id(scan.content_id):
+        return scan
+    # A manifest is needed: reused images take their probe from the last manifest (by sha256);
+    # one it does not hold is read again.
+    cache.load()
+    again = []
+    for rel, mtime_ns in reused_images:
+        info = cache.images.get(files[rel].sha256)
+        if info is None:
+            again.append((rel, mtime_ns, True))
+        else:
+            probes[rel] = info
+    scan.stored += run(again)
+    scan.hashed += len(again)
+    scan.reused -= len(again)
+    for rel, st in files.items():
+        if rel not in texts and st.sha256 in cache.texts:
+            texts[rel] = (cache.texts[st.sha256], False)
 
     def read_text(rel: str) -> tuple[str, bool]:
         if rel not in texts:
-            texts[rel] = _decode(_read(root_p / rel))
+            texts[rel] = _decode(_read(root_s + rel))
         return texts[rel]
 
-    if probe_images:
-        listing = list_dataset(root_p, read_text=read_text, walked=walked)
-    else:  # a fingerprint: the hashes are all it needs
-        listing = DatasetListing(root=root_p, refused_symlinks=walked[1], files=sorted(files))
-        listing.pairs = [Pair(rel, None, None) for rel in files
-                         if os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS]
-    if not listing.pairs:
-        raise DatasetError(f"{root_p}: no images found (png, jpg, jpeg, webp, bmp, any depth)")
-    scan = Scan(root_p, listing, files, started, hashed=hashed, reused=reused, stored=stored)
-    if probe_images:
-        scan.frame = _manifest(listing, files, probes)
+    walked = ([Path(e[0]) for e in entries if e[0] in files or not is_dataset_file(e[0])], refused)
+    scan.listing = list_dataset(root_p, read_text=read_text, walked=walked)
+    scan.frame = _manifest(scan.listing, files, probes)
     return scan
 
 
@@ -233,20 +300,10 @@ def _manifest(listing: DatasetListing, files: dict[str, FileStat], probes: dict[
     return manifest_frame(rows)
 
 
-def cache_from(files: dict[str, FileStat], scanned_at_ns: int, frame: pl.DataFrame | None) -> StatCache:
-    """A StatCache from a stored file list and manifest (image probes and caption texts by sha)."""
-    cache = StatCache(files=dict(files), scanned_at_ns=scanned_at_ns)
-    if frame is not None:
-        for r in frame.select("sha256", "size", "width", "height", "phash", "image_error",
-                              "caption", "caption_path", "caption_decode_error").iter_rows():
-            sha, size, w, h, ph, err, cap, cap_path, bad = r
-            cache.images[sha] = ImageInfo(sha, size, w, h, ph, err)
-            st = files.get(cap_path) if cap_path else None
-            # Only a whole, valid UTF-8 caption file's text is reused (metadata rows are re-read).
-            if st is not None and cap is not None and not bad \
-                    and cap_path.rsplit("/", 1)[-1] not in METADATA_FILES:
-                cache.texts.setdefault(st.sha256, cap)
-    return cache
+def cache_from(files: dict[str, FileStat], scanned_at_ns: int,
+               manifest: Callable[[], pl.DataFrame | None] | None) -> StatCache:
+    """A StatCache from a stored file list; `manifest()` gives the last manifest when needed."""
+    return StatCache(files=dict(files), scanned_at_ns=scanned_at_ns, loader=manifest)
 
 
 def _now_ns() -> int:

@@ -42,7 +42,7 @@ from pathlib import Path
 import polars as pl
 
 from lora_pipeline.dataset.images import DEFAULT_MAX_PIXELS
-from lora_pipeline.dataset.layout import DatasetError
+from lora_pipeline.dataset.layout import DatasetError, DatasetListing
 from lora_pipeline.dataset.scan import FileStat, ObjectStore, Scan, StatCache, cache_from, scan_dataset
 from lora_pipeline.findings import Finding
 from lora_pipeline.fsutil import atomic_write_json
@@ -63,6 +63,7 @@ class SnapshotInfo:
     files: dict[str, str]  # relative path -> sha256
     orphan_captions: list[str] = field(default_factory=list)
     refused_symlinks: list[str] = field(default_factory=list)
+    metadata_decode_errors: list[str] = field(default_factory=list)
 
     @property
     def manifest_path(self) -> Path:
@@ -134,7 +135,8 @@ def _info(dataset: str, folder: Path, data: dict) -> SnapshotInfo:
         path=folder, source_root=data.get("source_root", ""),
         files={k: v[2] for k, v in data.get("files", {}).items()},
         orphan_captions=list(data.get("orphan_captions", [])),
-        refused_symlinks=list(data.get("refused_symlinks", [])))
+        refused_symlinks=list(data.get("refused_symlinks", [])),
+        metadata_decode_errors=list(data.get("metadata_decode_errors", [])))
 
 
 def load_snapshot(storage_root: str | os.PathLike, dataset: str, snapshot_id: str) -> SnapshotInfo | None:
@@ -204,36 +206,53 @@ def _cache(storage: Storage, dataset: str, with_manifest: bool) -> tuple[StatCac
         return StatCache(), None
     try:
         files = {k: FileStat.from_list(v) for k, v in data.get("files", {}).items()}
-        frame = None
         sid = data.get("snapshot_id")
-        if with_manifest and sid:
-            mpath = storage.snapshot_dir(dataset, sid) / "manifest.parquet"
-            frame = pl.read_parquet(mpath) if mpath.is_file() else None
-        return cache_from(files, int(data.get("scanned_at_ns", 0)), frame), sid
-    except (ValueError, TypeError, IndexError, OSError, pl.exceptions.PolarsError):
+        mpath = storage.snapshot_dir(dataset, sid) / "manifest.parquet" if isinstance(sid, str) else None
+
+        def manifest() -> pl.DataFrame | None:
+            try:
+                return pl.read_parquet(mpath) if with_manifest and mpath and mpath.is_file() else None
+            except (OSError, pl.exceptions.PolarsError):
+                return None
+
+        return cache_from(files, int(data.get("scanned_at_ns", 0)), manifest), sid
+    except (ValueError, TypeError, IndexError):
         return StatCache(), None
 
 
 def take_snapshot(storage_root: str | os.PathLike, dataset: str, source_root: str | os.PathLike, *,
-                  full_verify: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> SnapshotResult:
+                  full_verify: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  workers: int | None = None) -> SnapshotResult:
     """Snapshot the folder: store new files, write the manifest if this content is new."""
     _check_name(dataset)
     storage = Storage(Path(storage_root))
     cache, previous_id = _cache(storage, dataset, with_manifest=True)
-    scan = scan_dataset(source_root, cache=cache, full_verify=full_verify,
-                        store=ObjectStore(storage.root), max_pixels=max_pixels)
+    # a re-snapshot of unchanged content needs no manifest: only stats and stored hashes
+    scan = scan_dataset(source_root, cache=cache, full_verify=full_verify, store=ObjectStore(storage.root),
+                        max_pixels=max_pixels, workers=workers,
+                        known_id=lambda sid: (storage.snapshot_dir(dataset, sid) / "snapshot.json").is_file())
     sid = scan.content_id
     folder = storage.snapshot_dir(dataset, sid)
     created = False
     if load_snapshot(storage.root, dataset, sid) is None:
+        if scan.frame is None:  # a snapshot folder is there but unreadable: build the manifest in full
+            scan = scan_dataset(source_root, cache=cache, full_verify=full_verify,
+                                store=ObjectStore(storage.root), max_pixels=max_pixels, workers=workers)
         _write_snapshot(folder, dataset, sid, scan)
         created = True
     info = load_snapshot(storage.root, dataset, sid)
-    assert info is not None
-    atomic_write_json(storage.snapshots_of(dataset) / "latest.json", {
-        "schema_version": SCHEMA_VERSION, "dataset": dataset, "snapshot_id": sid,
-        "source_root": str(scan.root), "scanned_at_ns": scan.scanned_at_ns,
-        "files": {k: v.to_list() for k, v in scan.files.items()}})
+    if info is None:
+        raise DatasetError(f"{folder}: snapshot folder exists but is unreadable; move it aside and retry")
+    if scan.frame is None:  # unchanged content: the manifest and listing are the stored ones
+        scan.frame = info.manifest()
+        scan.listing = DatasetListing(root=scan.root, orphan_captions=info.orphan_captions,
+                                      refused_symlinks=info.refused_symlinks,
+                                      metadata_decode_errors=info.metadata_decode_errors, files=sorted(scan.files))
+    if previous_id != sid or cache.files != scan.files:
+        atomic_write_json(storage.snapshots_of(dataset) / "latest.json", {
+            "schema_version": SCHEMA_VERSION, "dataset": dataset, "snapshot_id": sid,
+            "source_root": str(scan.root), "scanned_at_ns": scan.scanned_at_ns,
+            "files": {k: v.to_list() for k, v in scan.files.items()}})
     return SnapshotResult(info, created, scan, previous_id)
 
 
