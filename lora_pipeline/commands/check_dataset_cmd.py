@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     note_lines = notes(inp, scan.listing.metadata_decode_errors)
     if args.json:
         doc = {
-            "dataset": str(scan.root), "snapshot_id": scan.content_id,
+            "dataset": str(scan.root), "content_id": scan.content_id,
             "counts": {"images": scan.frame.height, "files": len(scan.files),
                        "orphan_captions": len(scan.listing.orphan_captions)},
             "codes": sorted({f.code for f in findings}),
