@@ -86,6 +86,16 @@ class ChecksConfig(_Strict):
     overtrain_steps_per_image: float = Field(150.0, gt=0)  # training half of OVERTRAINING_SUSPECTED
     overtrain_norm_growth: float = Field(1.25, gt=1)  # ... with delta norms still growing by this factor
     checkpoint_settle_seconds: float = Field(60.0, ge=0)  # unchanged this long = written completely
+    # Quality signals (issue 6; docs/quality.md). Defaults = lora_pipeline.quality.DEFAULTS.
+    quality_min_lora_effect: float = Field(0.01, ge=0)  # mean |base - lora_trigger| in 0..1
+    quality_min_trigger_effect: float = Field(0.01, ge=0)  # mean |lora_no_trigger - lora_trigger| in 0..1
+    quality_max_hf_ratio: float = Field(4.0, gt=0)  # HF energy lora_trigger / base (median)
+    quality_min_seed_diversity_ratio: float = Field(0.25, ge=0)  # seed diversity lora_trigger / base
+    quality_memorization_distance: int = Field(4, ge=0, le=64)  # pHash Hamming distance to a training image
+    quality_worsening: float = Field(0.25, gt=0)  # run level: relative worsening across later checkpoints
+
+    def quality_thresholds(self) -> dict[str, float]:
+        return {k[len("quality_"):]: v for k, v in self.model_dump().items() if k.startswith("quality_")}
 
 
 class Config(_Strict):

@@ -1,5 +1,11 @@
 """One checkpoint evaluation, end to end: contract checks, base arm, LoRA load + proof, LoRA arms,
-comparison and provenance checks, then `evaluation.json` in the checkpoint's renders dir.
+comparison and provenance checks, quality signals, then `evaluation.json` in the checkpoint's renders dir.
+
+With `storage_root` set, every render goes through the render cache (render/cache.py): a valid cached
+render with the same key is reused (no pipeline call), so the base arm is rendered once per base,
+spec and trigger and an unchanged re-evaluation renders nothing; the checkpoint's own
+`<arm>/<prompt>-<seed>.png` (+ sidecar) is always written fresh from the cached pixels with this
+checkpoint's manifest. A `call_hook` (which may change the call) bypasses the cache.
 
 `evaluation.json` (schema_version 1; the reports layer turns it into report.json):
     {schema_version, run_id, checkpoint_id, step, verdict, findings [Finding.to_dict()],
@@ -7,10 +13,12 @@ comparison and provenance checks, then `evaluation.json` in the checkpoint's ren
                  library_versions, pipeline_load, pipeline_load_s}, dataset_snapshot, dagster_run_id},
      renders [{path (relative to the renders dir), manifest (sidecar path), arm, prompt_index, prompt,
                negative_prompt, seed, width, height, steps, guidance_scale, scheduler, token_counts,
-               sha256 (file), pixels_sha256, save_s}],
+               sha256 (file), pixels_sha256, save_s, render_key, render_cache (hit|miss|null)}],
      skipped [{arm, prompt_index, seed, reason}], lora_load {evidence of lora/load.py},
-     determinism {reference, max_abs, mean_abs, tolerance}, metrics {base_vs_lora_trigger_mean_abs,
-     lora_trigger_vs_no_trigger_mean_abs}, timings {render_s per render name}}
+     determinism {reference, max_abs, mean_abs, tolerance} or {reference, skipped}, metrics
+     {base_vs_lora_trigger_mean_abs, lora_trigger_vs_no_trigger_mean_abs}, quality (see
+     lora_pipeline/quality/checkpoint.py and docs/quality.md), timings {render_s per render name},
+     render_keys [sorted], data_version (sha256 of the sorted keys), render_counts {rendered, reused}}
 Written last and atomically: a crashed evaluation leaves no evaluation.json (and a stale heartbeat).
 """
 
@@ -21,13 +29,12 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from lora_pipeline.findings import Finding, verdict
-from lora_pipeline.fsutil import atomic_write_json, sha256_file
-from lora_pipeline.render import compare, contract, manifest, ops, prompts
+from lora_pipeline.fsutil import atomic_write_json
+from lora_pipeline.render import cache, compare, contract, documents, manifest, ops, prompts
 from lora_pipeline.render.pipeline import MEMORY_SETTINGS, CachedPipeline, discard, get_pipeline
 from lora_pipeline.render.render_one import RenderRequest, render_image, settings_changes
 from lora_pipeline.render.spec import ARMS, LORA_ARMS, BaseChoice, CheckpointInput, EvalSpec, RunFacts
@@ -49,6 +56,9 @@ class EvaluationInputs:
     device: str = "cpu"
     dtype: str = "float32"
     dagster_run_id: str | None = None
+    storage_root: Path | None = None  # set: render cache under it, memorization against its snapshots
+    clip_model: Path | None = None  # a local CLIP folder: text-image scores in the quality section
+    quality_thresholds: dict[str, float] | None = None  # None: lora_pipeline.quality.DEFAULTS
 
 
 @dataclass
@@ -60,6 +70,12 @@ class EvaluationResult:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     document: dict[str, Any] = field(default_factory=dict)
     pipeline_cold: bool | None = None
+    render_keys: list[str] = field(default_factory=list)
+
+    @property
+    def data_version(self) -> str:
+        """Follows the render cache keys (sorted); the verdict-bearing document is derived from them."""
+        return cache.keys_digest(self.render_keys)
 
     def codes(self) -> set[str]:
         return {f.code for f in self.findings}
@@ -95,6 +111,10 @@ class _Evaluation:
         self.first_call_here = False
         self.scheduler = ""
         self.token_counts: dict[tuple, dict] = {}
+        self.cache = cache.RenderCache(inp.storage_root / cache.CACHE_DIR) \
+            if inp.storage_root is not None and call_hook is None else None  # a hooked call may change pixels
+        self.fresh: set[tuple] = set()  # (prompt_index, seed, arm) rendered here (not from the cache)
+        self.keys: list[str] = []
 
     # -- the steps -------------------------------------------------------------------------------
     def run(self) -> EvaluationResult:
@@ -253,9 +273,41 @@ class _Evaluation:
 
     def _render(self, arm: str, pi: int, template: str, seed: int, lora: dict[str, Any] | None,
                 keep_file: bool = True) -> Any:
-        inp, pipe = self.inp, self.entry.pipe
+        inp = self.inp
         req = self._request(arm, pi, template, seed)
         png = inp.out_dir / arm / f"{req.name}.png"
+        key = None
+        if keep_file and self.cache is not None:
+            key = self._key(req, lora)
+            hit = self.cache.get(key)
+            if hit is not None:
+                cache.HITS[arm] += 1
+                out = documents.output_from_entry(hit.image, hit.entry)
+                self.log(f"{arm} {req.name}: render cache hit {key[:12]}")
+                self._keep(req, png, out, hit.entry.get("timings") or {}, lora, template, key, "hit")
+                return out.image
+        got = self._render_now(req, png, keep_file)
+        if got is None or not keep_file:
+            return got
+        out, timings = got
+        if key is not None:
+            self.cache.put(key, out.image, documents.cache_entry(self._key_fields(req, lora), out, timings))
+        self._keep(req, png, out, timings, lora, template, key, "miss" if key else None)
+        return out.image
+
+    def _key_fields(self, req: RenderRequest, lora: dict[str, Any] | None) -> dict[str, Any]:
+        s, b = self.inp.spec, self.base_identity
+        return cache.key_fields(base_sha256=b["sha256"], lora=lora, prompt=req.prompt,
+                                negative_prompt=req.negative_prompt, seed=req.seed, width=s.width, height=s.height,
+                                steps=s.steps, guidance_scale=s.guidance_scale, scheduler=self.scheduler,
+                                dtype=self.inp.dtype, device=self.inp.device, memory_settings=MEMORY_SETTINGS,
+                                library_versions=self.versions)
+
+    def _key(self, req: RenderRequest, lora: dict[str, Any] | None) -> str:
+        return cache.render_key(self._key_fields(req, lora))
+
+    def _render_now(self, req: RenderRequest, png: Path, keep_file: bool) -> tuple[Any, dict] | Any | None:
+        inp, pipe, arm, pi, seed = self.inp, self.entry.pipe, req.arm, req.prompt_index, req.seed
         label = f"{arm} {req.name}"
         clock = ops.PhaseClock(lambda prev, new, s: prev not in ("start", "save") and self.log(f"{label}: {prev} {s:.3f}s"))
         hb = ops.Heartbeat(inp.out_dir, f"{arm}__{req.name}", png) if keep_file else None
@@ -283,62 +335,43 @@ class _Evaluation:
 
                 empty_device_cache()
             return None
+        cache.count_render(arm if keep_file else "determinism")
         timings = clock.stop()
         self.entry.calls += 1
         if self.entry.calls == 1:
             self.entry.first_call_s = time.perf_counter() - t0
             self.first_call_here = True
         self.render_s[f"{arm}/{req.name}"] = round(time.perf_counter() - t0, 6)
+        if hb:
+            hb.done()
         if not keep_file:
             return out.image
+        self.fresh.add((pi, seed, arm))
+        return out, timings
+
+    def _keep(self, req: RenderRequest, png: Path, out: Any, timings: dict[str, float], lora: dict[str, Any] | None,
+              template: str, key: str | None, cache_state: str | None) -> None:
+        """Check the settings, write the checkpoint's copy (PNG with both chunks + sidecar), record it."""
+        inp, arm, pi, seed = self.inp, req.arm, req.prompt_index, req.seed
         changes = settings_changes(inp.spec, req, out, self.scheduler)
         if changes:
             self.findings.append(Finding("RUNTIME.SETTINGS_CHANGED", self.subject,
                                          f"The settings passed for {arm} {req.name} differ from the eval spec in "
                                          f"{', '.join(changes)}.", {"arm": arm, "prompt_index": pi, "seed": seed,
                                                                     "changes": changes}))
-        m = self._manifest(req, out, timings, lora, template)
+        m = documents.render_manifest(inp, self.base_identity, req, out, timings, lora, template, self.load_timings,
+                                      self.token_counts, self.scheduler, self.versions)
+        if key is not None:
+            m.update(render_key=key, render_cache=cache_state)
         ts = time.perf_counter()
         manifest.write_render(png, out.image, m)
         save_s = time.perf_counter() - ts
-        if hb:
-            hb.done()
-        self.log(f"{label}: save {save_s:.3f}s -> {png.relative_to(inp.out_dir)}")
+        self.log(f"{arm} {req.name}: save {save_s:.3f}s -> {png.relative_to(inp.out_dir)}")
         self.manifests.append(m)
         self.images[(pi, seed, arm)] = out.image
-        self.renders.append({"path": str(png.relative_to(inp.out_dir)), "manifest": str(png.with_suffix(".json")
-                             .relative_to(inp.out_dir)), "arm": arm, "prompt_index": pi, "prompt": m["prompt"],
-                             "negative_prompt": m["negative_prompt"], "seed": seed, "width": m["width"],
-                             "height": m["height"], "steps": m["steps"], "guidance_scale": m["guidance_scale"],
-                             "scheduler": m["scheduler"], "token_counts": m["token_counts"],
-                             "sha256": sha256_file(png), "pixels_sha256": out.pixels_sha256,
-                             "save_s": round(save_s, 6)})
-        return out.image
-
-    def _manifest(self, req: RenderRequest, out: Any, timings: dict[str, float], lora: dict[str, Any] | None,
-                  template: str) -> dict[str, Any]:
-        inp, b = self.inp, self.base_identity
-        r = out.requested
-        phase = dict(self.load_timings)
-        phase.update({f"{k}_s": v for k, v in timings.items() if k != "save"}, step_s=out.step_s)
-        if req.arm == "base":
-            phase = {k: v for k, v in phase.items() if not k.startswith("lora_")}
-        return {
-            "schema_version": manifest.SCHEMA_VERSION, "run_id": inp.facts.run_id,
-            "checkpoint_id": inp.facts.checkpoint_id, "arm": req.arm, "prompt_index": req.prompt_index,
-            "prompt_template": template,
-            "base_model": {k: b.get(k) for k in ("name", "path", "sha256", "architecture")},
-            "lora": None if lora is None else {k: lora.get(k) for k in ("path", "sha256", "adapter_name", "scale",
-                                                                         "alpha_source")},
-            "trigger": inp.facts.trigger, "prompt": r["prompt"], "negative_prompt": r["negative_prompt"],
-            "token_counts": self.token_counts.get((req.prompt_index, req.arm != "lora_no_trigger"), {}),
-            "seed": req.seed, "width": r["width"], "height": r["height"], "steps": r["num_inference_steps"],
-            "guidance_scale": float(r["guidance_scale"]), "scheduler": self.scheduler, "dtype": inp.dtype,
-            "device": inp.device, "generator": "cpu", "memory_settings": dict(MEMORY_SETTINGS),
-            "library_versions": self.versions, "phase_timings": phase, "observed": out.observed,
-            "pixels_sha256": out.pixels_sha256, "dagster_run_id": inp.dagster_run_id,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
+        if key is not None:
+            self.keys.append(key)
+        self.renders.append(documents.render_row(png, inp.out_dir, m, out, save_s, key, cache_state))
 
     def _determinism(self) -> None:
         """Re-render one base image once per (base, spec) in this process; later checkpoints compare
@@ -346,6 +379,11 @@ class _Evaluation:
         spec = self.inp.spec
         first = self.images.get((0, spec.seeds[0], "base"))
         if first is None:
+            return
+        if (0, spec.seeds[0], "base") not in self.fresh:
+            self.doc["determinism"] = {"reference": f"base 0-{spec.seeds[0]}",
+                                       "skipped": "base render reused from the render cache (rendered and "
+                                                  "checked for determinism when it was first made)"}
             return
         key = f"determinism:{spec.digest}"
         ref = self.entry.checks.get(key)
@@ -368,37 +406,28 @@ class _Evaluation:
         if self.manifests:
             self.findings += compare.uncontrolled(inp.spec, self.manifests, inp.facts.trigger, self.subject)
             self.findings += manifest.validate_manifests(self.manifests, self.subject)
-            self._metrics()
+            self.doc["metrics"].update(documents.arm_metrics(self.images))
+            self._quality()
         if self.first_call_here and self.entry is not None:
             steady = [v for k, v in list(self.render_s.items())[1:]]
             self.findings += ops.slow_warmup(self.entry.first_call_s, steady, self.subject)
         for f in self.findings:  # a lost worker whose render was redone here is history, not a fault
             if f.code == "OPERATIONAL.WORKER_LOST" and Path(f.evidence.get("output", "")).is_file():
                 f.severity, f.evidence["recovered"] = "info", True
-        doc = {
-            "schema_version": 1, "run_id": inp.facts.run_id, "checkpoint_id": inp.facts.checkpoint_id,
-            "step": inp.facts.step, "verdict": verdict(self.findings),
-            "findings": [f.to_dict() for f in self.findings],
-            "provenance": {"base_model": self.base_identity or {"declared": vars(inp.facts.base)},
-                           "lora": self.lora_facts or {"path": str(inp.checkpoint.path)},
-                           "trigger": inp.facts.trigger, "eval": inp.spec.to_dict(),
-                           "runtime": {"device": inp.device, "dtype": inp.dtype, "memory_settings": MEMORY_SETTINGS,
-                                       "library_versions": self.versions, **self.load_timings},
-                           "dataset_snapshot": inp.facts.dataset_snapshot, "dagster_run_id": inp.dagster_run_id},
-            "renders": self.renders, "skipped": self.skipped, **self.doc, "timings": {"render_s": self.render_s},
-        }
+        doc = documents.evaluation_document(self, verdict(self.findings))
         path = atomic_write_json(inp.out_dir / EVALUATION_FILE, doc)
         return EvaluationResult(path=path, verdict=doc["verdict"], findings=self.findings, renders=self.renders,
-                                skipped=self.skipped, document=doc, pipeline_cold=self.cold)
+                                skipped=self.skipped, document=doc, pipeline_cold=self.cold, render_keys=self.keys)
 
-    def _metrics(self) -> None:
-        pairs = {"base_vs_lora_trigger_mean_abs": ("base", "lora_trigger"),
-                 "lora_trigger_vs_no_trigger_mean_abs": ("lora_no_trigger", "lora_trigger")}
-        for name, (a, b) in pairs.items():
-            vals = [compare.pixel_diff(self.images[(pi, s, a)], self.images[(pi, s, b)])["mean_abs"]
-                    for (pi, s, arm) in self.images if arm == a and (pi, s, b) in self.images]
-            if vals:
-                self.doc["metrics"][name] = round(sum(vals) / len(vals), 6)
+    def _quality(self) -> None:
+        from lora_pipeline.quality.checkpoint import assess_checkpoint
+
+        inp = self.inp
+        found, self.doc["quality"] = assess_checkpoint(
+            self.images, inp.spec, inp.facts.trigger, self.subject, storage_root=inp.storage_root,
+            dataset_snapshot=inp.facts.dataset_snapshot, clip_model=inp.clip_model,
+            thresholds=inp.quality_thresholds, log=self.log)
+        self.findings += found
 
 
 def evaluate_checkpoint(inp: EvaluationInputs, log: Callable[[str], None] = lambda _m: None,

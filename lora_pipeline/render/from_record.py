@@ -44,4 +44,5 @@ def inputs_for(config: Config, run_id: str, checkpoint_id: str, device: str, dty
     return EvaluationInputs(facts=facts, spec=EvalSpec.from_config(config.eval), base=base,
                             checkpoint=CheckpointInput(Path(ck.path), ck.sha256),
                             out_dir=storage.renders_dir(run_id, checkpoint_id), device=device, dtype=dtype,
-                            dagster_run_id=dagster_run_id)
+                            dagster_run_id=dagster_run_id, storage_root=Path(config.storage),
+                            clip_model=config.eval.clip_model, quality_thresholds=config.checks.quality_thresholds())
