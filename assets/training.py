@@ -36,6 +36,8 @@ CHECKPOINT_KEY = dg.AssetKey("lora_checkpoint")
 RUN_JOB = "training_run_job"
 CHECKPOINT_JOB = "checkpoint_job"
 _RUN_KEY_TAG = "dagster/run_key"
+# Assets partitioned by run that sit downstream of lora_checkpoint carry this tag (assets/reports.py).
+RUN_PARTITIONED_TAG = ("lora_pipeline/partitioned_by", "training_runs")
 
 
 def _findings_table(findings: list[Finding]) -> dg.MetadataValue:
@@ -154,7 +156,9 @@ def _build_jobs():
     run_job = dg.define_asset_job(RUN_JOB, selection=dg.AssetSelection.assets(RUN_KEY),
                                   description="Ingest one training run (partition = run id).")
     # Every checkpoint-partitioned asset from lora_checkpoint down (evaluation assets join by lineage).
-    checkpoint_job = dg.define_asset_job(CHECKPOINT_JOB, selection=dg.AssetSelection.assets(CHECKPOINT_KEY).downstream(),
+    # Run-partitioned assets below it (reports' run_report, tagged) are left out: one job, one partitions def.
+    selection = dg.AssetSelection.assets(CHECKPOINT_KEY).downstream() - dg.AssetSelection.tag(*RUN_PARTITIONED_TAG)
+    checkpoint_job = dg.define_asset_job(CHECKPOINT_JOB, selection=selection,
                                          description="Analyse and evaluate one checkpoint (partition = run~checkpoint).")
     return run_job, checkpoint_job
 

@@ -1,0 +1,25 @@
+"""`lora-pipeline trace IMAGE [--json]`: walk back from a render to its source files, hashes re-checked."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", metavar="IMAGE", help="a render PNG (a copied file works: the walk starts from its chunk)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lora_pipeline.cli import UsageError
+    from lora_pipeline.config import load_config
+    from lora_pipeline.report.trace import TraceError, format_trace, trace_image
+
+    config = load_config(args.config)
+    try:
+        t = trace_image(config, args.image)
+    except TraceError as e:
+        raise UsageError(str(e)) from None
+    print(json.dumps(t, indent=1, default=str) if args.json else format_trace(t))
+    return 0

@@ -1,0 +1,112 @@
+"""Pieces shared by the HTML reports: one inline stylesheet, escaping, inline thumbnails (data URIs)
+linked to the full images by relative path, findings tables. No scripts, fonts or network."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+THUMB_PX = 160
+VERDICT_COLOURS = {"ok": "#1b7f3b", "quality_problem": "#b26a00", "training_problem": "#b26a00",
+                   "dataset_problem": "#b0401a", "evaluation_invalid": "#b00020"}
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
+main{max-width:1300px;margin:0 auto;padding:12px 20px}
+h1{font-size:22px;margin:8px 0}h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:26px}
+.banner{color:#fff;padding:14px 20px;font-size:20px;font-weight:600}
+.banner small{font-weight:400;font-size:14px;opacity:.9;margin-left:12px}
+table{border-collapse:collapse;margin:6px 0;background:#fff}td,th{border:1px solid #ddd;padding:4px 8px;
+vertical-align:top;font-size:13px;text-align:left}th{background:#f0f0f0}
+.sev-error{color:#b00020;font-weight:600}.sev-warn{color:#a36200;font-weight:600}.sev-info{color:#555}
+.pass{color:#1b7f3b;font-weight:600}.fail{color:#b00020;font-weight:600}
+.grid td{text-align:center}.grid img{image-rendering:pixelated;width:160px;height:auto;border:1px solid #ccc}
+.missing{width:160px;height:60px;display:flex;align-items:center;justify-content:center;color:#999;
+border:1px dashed #ccc;font-size:12px}
+pre{white-space:pre-wrap;word-break:break-word;font-size:12px;margin:0;max-width:640px}
+code{font-size:12px}.plots img{margin:4px 12px 4px 0;border:1px solid #ddd}
+"""
+
+
+def esc(v: Any) -> str:
+    return html.escape("" if v is None else str(v))
+
+
+def data_uri(png: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(png).decode()}"
+
+
+def thumbnail(path: Path, px: int = THUMB_PX) -> bytes | None:
+    """A small PNG of an image file (None when it cannot be read)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail((px, px))
+            buf = io.BytesIO()
+            im.save(buf, format="PNG", optimize=True)
+            return buf.getvalue()
+    except (OSError, ValueError):
+        return None
+
+
+def linked_thumb(storage_root: Path, rel_path: str | None, page_dir: Path, title: str = "") -> str:
+    """<a href=relative full image><img src=inline thumbnail></a>, or a 'not rendered' box."""
+    if not rel_path:
+        return '<div class="missing">not rendered</div>'
+    full = storage_root / rel_path
+    thumb = thumbnail(full)
+    href = os.path.relpath(full, page_dir)
+    if thumb is None:
+        return f'<a href="{esc(href)}"><div class="missing">unreadable</div></a>'
+    return f'<a href="{esc(href)}" title="{esc(title)}"><img alt="{esc(title)}" src="{data_uri(thumb)}"></a>'
+
+
+def img_file(path: Path, alt: str) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return f"<p>{esc(alt)}: not available</p>"
+    return f'<img alt="{esc(alt)}" src="{data_uri(data)}">'
+
+
+def findings_table(findings: list[dict[str, Any]], with_layer: bool = True) -> str:
+    if not findings:
+        return "<p>No findings.</p>"
+    head = "<tr>" + ("<th>layer</th>" if with_layer else "") + \
+        "<th>severity</th><th>code</th><th>subject</th><th>message</th><th>fix</th><th>evidence</th></tr>"
+    rows = []
+    for f in findings:
+        import json
+
+        ev = json.dumps(f.get("evidence") or {}, indent=1, default=str)
+        rows.append("<tr>" + (f"<td>{esc(f['layer'])}</td>" if with_layer else "")
+                    + f"<td class=\"sev-{esc(f['severity'])}\">{esc(f['severity'])}</td><td><code>{esc(f['code'])}"
+                    f"</code></td><td>{esc(f.get('subject'))}</td><td>{esc(f.get('message'))}</td>"
+                    f"<td>{esc(f.get('fix'))}</td><td><details><summary>evidence</summary><pre>{esc(ev[:4000])}"
+                    "</pre></details></td></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def kv_table(rows: list[tuple[str, Any]]) -> str:
+    return "<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+
+
+def reviews_table(reviews: list[dict[str, Any]]) -> str:
+    if not reviews:
+        return "<p>No reviews yet (<code>lora-pipeline review RUN --checkpoint ID --decision ... --note ...</code>).</p>"
+    rows = "".join(f"<tr><td>{esc(r.get('at'))}</td><td>{esc(r.get('by'))}</td><td>{esc(r.get('checkpoint_id') or 'whole run')}"
+                   f"</td><td>{esc(r.get('decision'))}</td><td>{esc(r.get('note'))}</td></tr>" for r in reviews)
+    return f"<table><tr><th>at</th><th>by</th><th>scope</th><th>decision</th><th>note</th></tr>{rows}</table>"
+
+
+def page(title: str, verdict: str, subtitle: str, body: str) -> str:
+    colour = VERDICT_COLOURS.get(verdict, "#555")
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
+            f"<style>{CSS}</style></head><body><div class=\"banner\" id=\"verdict\" style=\"background:{colour}\">"
+            f"verdict: {esc(verdict)}<small>{esc(subtitle)}</small></div><main><h1>{esc(title)}</h1>{body}"
+            "</main></body></html>\n")
