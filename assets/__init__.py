@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import dagster as dg
 
-from lora_pipeline.config import load_config
+from lora_pipeline.config import Config, load_config
 
 # Domain modules, in graph order. Each has `definitions(config) -> dg.Definitions`; a module not
 # written yet is skipped, so the code location always loads what exists.
 DOMAIN_MODULES: list[str] = ["dataset", "training", "evaluation", "reports"]
 
 
-def build_definitions(config_path: str | None = None) -> dg.Definitions:
+def build_definitions(config_path: str | None = None, config: Config | None = None) -> dg.Definitions:
     import importlib
 
     from resources import build_resources
 
-    config = load_config(config_path)
+    config = config if config is not None else load_config(config_path)
     parts = []
     for name in DOMAIN_MODULES:
         try:

@@ -10,6 +10,11 @@ applies the LoRA, renders the three arms and writes `renders/<run_id>/<checkpoin
 - `evaluation` job: in-process executor and a single-run backfill policy, so one run evaluates a
   range of checkpoints in one process and loads each base pipeline once for all of them.
 - Depends on the training group's `lora_checkpoint` by key (same partitions).
+- Data version (one-partition runs) = sha256 of the sorted render cache keys, so it changes exactly
+  when some render's pixels would; code version = `code_version(config)`, which follows the eval spec,
+  quality thresholds, CLIP folder and runtime settings, so editing them shows every checkpoint stale.
+- Backfills: assets/launch.py (`lora-pipeline evaluate`), the UI's backfill page, or
+  `dagster job backfill -j checkpoint_job --partitions ...` (queued runs need the daemon).
 """
 
 import dagster as dg
@@ -23,21 +28,23 @@ from resources.settings import PipelineSettings
 GROUP = "evaluation"
 LORA_CHECKPOINT_KEY = dg.AssetKey("lora_checkpoint")
 EVALUATION_JOB = "evaluation"
+CODE_VERSION = "2"  # bump when the evaluation code changes what it writes
 
 
-@dg.asset(
-    name="eval_renders",
-    group_name=GROUP,
-    partitions_def=CHECKPOINTS,
-    pool="gpu",
-    deps=[LORA_CHECKPOINT_KEY],
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    op_tags=GPU_STEP_TAGS,
-    kinds={"pytorch", "diffusers"},
-    description="Prove the runtime applies the LoRA, then render base / LoRA without trigger / LoRA with "
-                "trigger for every prompt x seed, with a manifest in and beside every PNG.",
-)
-def eval_renders(context: dg.AssetExecutionContext, settings: PipelineSettings,
+def code_version(config: Config) -> str:
+    """Changes whenever what the renders and their judgement depend on changes in the config (eval spec,
+    quality thresholds, CLIP folder, runtime): Dagster then shows every evaluated checkpoint stale."""
+    import hashlib
+    import json
+
+    from lora_pipeline.render.spec import EvalSpec
+
+    facts = {"spec": EvalSpec.from_config(config.eval).to_dict(), "quality": config.checks.quality_thresholds(),
+             "clip": str(config.eval.clip_model or ""), "runtime": config.runtime.model_dump()}
+    return f"{CODE_VERSION}-" + hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _eval_renders(context: dg.AssetExecutionContext, settings: PipelineSettings,
                  diffusion_runtime: DiffusionRuntime) -> dg.MaterializeResult:
     from lora_pipeline.render.from_record import EvaluationSetupError, inputs_for
     from lora_pipeline.render.pipeline import PipelineLoadError
@@ -48,9 +55,10 @@ def eval_renders(context: dg.AssetExecutionContext, settings: PipelineSettings,
         device, dtype = diffusion_runtime.resolved()
     except PipelineLoadError as e:
         raise dg.Failure(description=str(e)) from None
-    rows, totals = [], {"renders": 0, "skipped": 0, "errors": 0, "warnings": 0}
+    rows, totals = [], {"renders": 0, "skipped": 0, "errors": 0, "warnings": 0, "rendered": 0, "reused": 0}
+    keys, key_digest = list(context.partition_keys), ""
     dirs, verdicts = [], {}
-    for key in context.partition_keys:
+    for key in keys:
         run_id, checkpoint_id = split_checkpoint_partition_key(key)
         try:
             inputs = inputs_for(config, run_id, checkpoint_id, device, dtype, dagster_run_id=context.run_id)
@@ -62,6 +70,10 @@ def eval_renders(context: dg.AssetExecutionContext, settings: PipelineSettings,
         dirs.append(str(inputs.out_dir))
         totals["renders"] += len(result.renders)
         totals["skipped"] += len(result.skipped)
+        counts = result.document.get("render_counts") or {}
+        totals["rendered"] += counts.get("rendered", 0)
+        totals["reused"] += counts.get("reused", 0)
+        key_digest = result.data_version
         for f in result.findings:
             totals["errors" if f.severity == "error" else "warnings"] += f.severity in ("error", "warn")
             rows.append(dg.TableRecord({"checkpoint": key, "code": f.code, "severity": f.severity,
@@ -69,7 +81,10 @@ def eval_renders(context: dg.AssetExecutionContext, settings: PipelineSettings,
         context.log.info(f"[{key}] verdict {result.verdict}: {len(result.renders)} renders, "
                          f"{len(result.skipped)} skipped, {len(result.findings)} findings -> {result.path}")
     schema = dg.TableSchema(columns=[dg.TableColumn(c) for c in ("checkpoint", "code", "severity", "message")])
-    return dg.MaterializeResult(metadata={
+    data_version = None
+    if len(keys) == 1:  # one partition: its data version follows the render cache keys
+        data_version = dg.DataVersion(key_digest)
+    return dg.MaterializeResult(data_version=data_version, metadata={
         **{k: dg.MetadataValue.int(v) for k, v in totals.items()},
         "findings": dg.MetadataValue.table(rows, schema=schema),
         "verdicts": dg.MetadataValue.json(verdicts),
@@ -79,9 +94,23 @@ def eval_renders(context: dg.AssetExecutionContext, settings: PipelineSettings,
     })
 
 
-evaluation_job = dg.define_asset_job(EVALUATION_JOB, selection=[eval_renders], executor_def=dg.in_process_executor,
-                                     description="Evaluate checkpoints in one process: the base loads once per run.")
-
-
 def definitions(config: Config) -> dg.Definitions:
+    eval_renders = dg.asset(
+        name="eval_renders",
+        group_name=GROUP,
+        partitions_def=CHECKPOINTS,
+        pool="gpu",
+        deps=[LORA_CHECKPOINT_KEY],
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        op_tags=GPU_STEP_TAGS,
+        kinds={"pytorch", "diffusers"},
+        code_version=code_version(config),
+        description="Prove the runtime applies the LoRA, then render base / LoRA without trigger / LoRA with "
+                    "trigger for every prompt x seed (each render reused from the render cache when its key is "
+                    "unchanged), with a manifest in and beside every PNG, and judge them (quality signals). "
+                    "Data version = the render cache keys.",
+    )(_eval_renders)
+    evaluation_job = dg.define_asset_job(EVALUATION_JOB, selection=[eval_renders], executor_def=dg.in_process_executor,
+                                         description="Evaluate checkpoints in one process: the base loads once per "
+                                                     "run.")
     return dg.Definitions(assets=[eval_renders], jobs=[evaluation_job])

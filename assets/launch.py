@@ -1,0 +1,297 @@
+"""The launcher: discover, add partitions, and materialize what is missing or stale, in ONE process, in
+the instance the UI reads (CONTRACT section 6: `lora-pipeline evaluate`, and `demo` after it).
+
+    materialize(config, run_ids=(), checkpoint_ids=(), include_all=False, progress=None) -> LaunchSummary
+
+In order, each stage in its own in-process Dagster run(s) against `<workspace>/.dagster`:
+1. `dataset_source` observed, then `dataset_snapshot[<dataset>]` where missing or stale;
+2. runs and checkpoints discovered (complete files only), their dynamic partitions added;
+3. `training_run[<run>]` per selected run;
+4. per checkpoint partition, every asset partitioned by CHECKPOINTS (lora_checkpoint, eval_renders, and
+   whatever else joins that partitions definition, e.g. checkpoint reports), in graph order;
+5. per run, every other asset partitioned by TRAINING_RUNS (e.g. run reports).
+One run per partition, so a failed partition stops nothing else; all in this process, so a base
+pipeline loads once for all checkpoints (module-level cache). "Missing or stale": Dagster's own
+stale-status resolver (MISSING/STALE: never materialized, code version changed, an upstream data
+version changed) plus content checks Dagster cannot see (training_run: the run folder's fingerprint;
+lora_checkpoint: the file's sha256; eval_renders: evaluation.json present). `include_all` redoes
+everything (renders still come from the render cache when their keys are unchanged).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+from assets.partitions import CHECKPOINTS, TRAINING_RUNS
+from lora_pipeline.config import Config
+
+Progress = Callable[[int, int, str], None]  # (done, total, label of what just finished)
+LAUNCH_TAG = "lora_pipeline/launcher"
+OBSERVE_JOB = "__lora_pipeline_observe_sources"
+
+
+class LaunchError(Exception):
+    """The launch cannot start (unknown run or checkpoint); one line."""
+
+
+@dataclass
+class Outcome:
+    asset: str
+    partition: str | None
+    status: str  # materialized | up_to_date | failed
+    reason: str = ""
+    dagster_run_id: str | None = None
+
+
+@dataclass
+class LaunchSummary:
+    dagster_home: Path
+    outcomes: list[Outcome] = field(default_factory=list)
+    checkpoints: list[str] = field(default_factory=list)  # checkpoint partition keys considered
+    runs: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    base_loads: int = 0  # base pipelines loaded in this process during the launch
+    renders: int = 0  # images actually rendered (not reused from the render cache)
+
+    def _of(self, status: str) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == status]
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return self._of("failed")
+
+    @property
+    def materialized(self) -> list[Outcome]:
+        return self._of("materialized")
+
+    @property
+    def up_to_date(self) -> list[Outcome]:
+        return self._of("up_to_date")
+
+    def lines(self) -> list[str]:
+        out = [f"{len(self.runs)} run(s), {len(self.checkpoints)} checkpoint(s): {len(self.materialized)} "
+               f"materialized, {len(self.up_to_date)} up to date, {len(self.failed)} failed; {self.renders} "
+               f"render(s), {self.base_loads} base load(s), {self.seconds:.1f}s (instance {self.dagster_home})"]
+        out += [f"FAILED {o.asset}[{o.partition}]: {o.reason}" for o in self.failed]
+        return out
+
+
+def _partitions_name(graph, key: dg.AssetKey) -> str | None:
+    pd = graph.get(key).partitions_def
+    return pd.name if isinstance(pd, dg.DynamicPartitionsDefinition) else None
+
+
+class _Launch:
+    def __init__(self, config: Config, instance: dg.DagsterInstance, include_all: bool,
+                 progress: Progress | None) -> None:
+        from assets import build_definitions
+
+        self.config, self.instance, self.include_all = config, instance, include_all
+        self.progress = progress or (lambda _d, _t, _l: None)
+        # One Definitions for the whole launch: the code location's, plus a job that observes sources
+        # (an asset job is the way to record observations of an observable source asset).
+        self.defs = dg.Definitions.merge(build_definitions(config=config), dg.Definitions(
+            jobs=[dg.define_asset_job(OBSERVE_JOB, dg.AssetSelection.all(include_sources=True)
+                                      - dg.AssetSelection.all())]))
+        self.graph = self.defs.resolve_asset_graph()
+        self.job = self.defs.resolve_implicit_global_asset_job_def()
+        order = [k for k in self.graph.toposorted_asset_keys if self.graph.get(k).is_materializable]
+        self.ckpt_keys = [k for k in order if _partitions_name(self.graph, k) == CHECKPOINTS.name]
+        self.run_key = dg.AssetKey("training_run")
+        self.run_keys = [k for k in order if _partitions_name(self.graph, k) == TRAINING_RUNS.name
+                         and k != self.run_key]
+        self.outcomes: list[Outcome] = []
+        self.done, self.total = 0, 0
+        # The event log (and so the UI) gets everything; the console only warnings and worse.
+        self.run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+    # -- staleness ------------------------------------------------------------------------------
+    def _resolver(self):
+        from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+        from dagster._core.definitions.data_version import CachingStaleStatusResolver
+        from dagster._time import get_current_datetime
+
+        view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+                              instance=self.instance, asset_graph=self.graph)
+        return CachingStaleStatusResolver(instance=self.instance, asset_graph=self.graph, loading_context=view)
+
+    def _recorded_version(self, key: dg.AssetKey, partition: str) -> str | None:
+        rec = self.instance.get_latest_data_version_record(key, partition_key=partition)
+        mat = rec.asset_materialization if rec is not None else None
+        return (mat.tags or {}).get("dagster/data_version") if mat else None
+
+    def _needs(self, keys: list[dg.AssetKey], partition: str, content: dict[dg.AssetKey, str | None]) -> list:
+        """The keys to materialize for this partition: missing/stale ones and everything after them."""
+        from dagster._core.definitions.data_version import StaleStatus
+
+        if self.include_all:
+            return list(keys)
+        resolver = self._resolver()
+        need: list[dg.AssetKey] = []
+        for k in keys:
+            status = resolver.get_status(k, partition)
+            expected = content.get(k)
+            upstream = any(u in need for u in self.graph.get(k).parent_keys)
+            changed = expected is not None and self._recorded_version(k, partition) != expected
+            lost = k.path[-1] == "eval_renders" and not self._evaluation_exists(partition)
+            if status != StaleStatus.FRESH or upstream or changed or lost:
+                need.append(k)
+        for k in keys:  # anything downstream of a needed key within this partition group
+            if k not in need and any(u in need for u in self.graph.get(k).parent_keys):
+                need.append(k)
+        return [k for k in keys if k in need]
+
+    def _evaluation_exists(self, partition: str) -> bool:
+        from lora_pipeline.storage import Storage, split_checkpoint_partition_key
+
+        run_id, ck = split_checkpoint_partition_key(partition)
+        return (Storage(Path(self.config.storage)).renders_dir(run_id, ck) / "evaluation.json").is_file()
+
+    # -- execution ------------------------------------------------------------------------------
+    def execute(self, keys: list[dg.AssetKey], partition: str | None, label: str) -> bool:
+        """One in-process run for these keys (one partition); outcomes recorded; True when all done."""
+        job = self.job.get_subset(asset_selection=set(keys))
+        try:
+            result = job.execute_in_process(instance=self.instance, partition_key=partition, raise_on_error=False,
+                                            tags={LAUNCH_TAG: "materialize"}, run_config=self.run_config)
+        except Exception as e:  # noqa: BLE001 - one partition's setup error must not stop the others
+            reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+            self.outcomes += [Outcome(k.to_user_string(), partition, "failed", reason) for k in keys]
+            self._tick(label)
+            return False
+        done = {e.asset_key for e in result.get_asset_materialization_events()}
+        reasons = {}
+        for ev in result.all_events:
+            if ev.is_step_failure:
+                data = ev.step_failure_data
+                desc = data.user_failure_data.description if data.user_failure_data else None
+                msg = desc or (data.error.message.strip().splitlines() or [""])[-1] if data.error else desc
+                reasons[ev.step_key] = (msg or "step failed").strip()[:400]
+        first_reason = next(iter(reasons.values()), "the run failed")
+        for k in keys:
+            if k in done:
+                self.outcomes.append(Outcome(k.to_user_string(), partition, "materialized", "", result.run_id))
+            else:
+                own = next((r for s, r in reasons.items() if s.split(".")[-1] == k.path[-1]), None)
+                why = own or f"not run: {first_reason}"
+                self.outcomes.append(Outcome(k.to_user_string(), partition, "failed", why, result.run_id))
+        self._tick(label)
+        return all(k in done for k in keys)
+
+    def _tick(self, label: str) -> None:
+        self.done += 1
+        self.progress(self.done, max(self.total, self.done), label)
+
+    def skip(self, keys: Iterable[dg.AssetKey], partition: str | None) -> None:
+        self.outcomes += [Outcome(k.to_user_string(), partition, "up_to_date") for k in keys]
+
+
+def _select(scans: list, run_ids: tuple[str, ...], checkpoint_ids: tuple[str, ...]) -> tuple[list, list[str]]:
+    known = {s.run_id for s in scans}
+    missing = [r for r in run_ids if r not in known]
+    if missing:
+        raise LaunchError(f"--run {missing[0]}: no such run (runs found: {', '.join(sorted(known)) or 'none'})")
+    chosen = [s for s in scans if not run_ids or s.run_id in run_ids]
+    ckpts = [c for s in chosen for c in s.checkpoints]
+    if checkpoint_ids:
+        by = [c for c in ckpts if c.checkpoint_id in checkpoint_ids or c.partition_key in checkpoint_ids]
+        found = {c.checkpoint_id for c in by} | {c.partition_key for c in by}
+        lost = [c for c in checkpoint_ids if c not in found]
+        if lost:
+            raise LaunchError(f"--checkpoint {lost[0]}: no such complete checkpoint in the selected run(s)")
+        ckpts = by
+        chosen = [s for s in chosen if any(c.partition_key.startswith(f"{s.run_id}~") for c in ckpts)]
+    return chosen, [c.partition_key for c in ckpts]
+
+
+def _datasets(launch: _Launch) -> None:
+    from assets.dataset import SNAPSHOT_KEY
+    from lora_pipeline.dataset.snapshot import latest_snapshot
+
+    if not launch.config.datasets or not launch.graph.has(SNAPSHOT_KEY):
+        return
+    launch.defs.resolve_job_def(OBSERVE_JOB).execute_in_process(instance=launch.instance, tags={LAUNCH_TAG: "observe"},
+                                                                run_config=launch.run_config)
+    for name in sorted(launch.config.datasets):
+        on_disk = latest_snapshot(launch.config.storage, name) is not None
+        if on_disk and not launch._needs([SNAPSHOT_KEY], name, {}):  # stale when the observed source moved
+            launch.skip([SNAPSHOT_KEY], name)
+            launch._tick(f"dataset {name} up to date")
+        else:
+            launch.execute([SNAPSHOT_KEY], name, f"dataset {name}")
+
+
+def materialize(config: Config, run_ids: Iterable[str] = (), checkpoint_ids: Iterable[str] = (),
+                include_all: bool = False, progress: Progress | None = None,
+                instance: dg.DagsterInstance | None = None) -> LaunchSummary:
+    """Discover, add partitions and materialize what is missing or stale (module docstring)."""
+    from lora_pipeline.instance import prepare_dagster_home
+    from lora_pipeline.render import cache
+    from lora_pipeline.render.pipeline import BASE_LOADS
+    from lora_pipeline.training.scan import scan_runs
+
+    t0 = time.perf_counter()
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    home = prepare_dagster_home(config)
+    owned = instance is None
+    if owned:
+        before = os.environ.get("DAGSTER_HOME")
+        os.environ["DAGSTER_HOME"] = str(home)
+        try:
+            instance = dg.DagsterInstance.get()
+        finally:
+            if before is None:
+                os.environ.pop("DAGSTER_HOME", None)
+            else:
+                os.environ["DAGSTER_HOME"] = before
+    loads0, renders0 = BASE_LOADS["count"], cache.renders_done()
+    try:
+        launch = _Launch(config, instance, include_all, progress)
+        scans, ckpts = _select(scan_runs(config), tuple(run_ids), tuple(checkpoint_ids))
+        runs = [s.run_id for s in scans]
+        launch.total = len(config.datasets) + len(runs) * (1 + bool(launch.run_keys)) + len(ckpts)
+        _datasets(launch)
+        new_runs = [r for r in runs if not instance.has_dynamic_partition(TRAINING_RUNS.name, r)]
+        new_ckpts = [c for c in ckpts if not instance.has_dynamic_partition(CHECKPOINTS.name, c)]
+        if new_runs:
+            instance.add_dynamic_partitions(TRAINING_RUNS.name, new_runs)
+        if new_ckpts:
+            instance.add_dynamic_partitions(CHECKPOINTS.name, new_ckpts)
+        shas = {c.partition_key: c.sha256 for s in scans for c in s.checkpoints}
+        for s in scans:
+            if launch._needs([launch.run_key], s.run_id, {launch.run_key: s.fingerprint}):
+                launch.execute([launch.run_key], s.run_id, f"run {s.run_id}")
+            else:
+                launch.skip([launch.run_key], s.run_id)
+                launch._tick(f"run {s.run_id} up to date")
+        touched: set[str] = set()
+        for pk in ckpts:
+            content = {k: shas.get(pk) for k in launch.ckpt_keys if k.path[-1] == "lora_checkpoint"}
+            need = launch._needs(launch.ckpt_keys, pk, content)
+            launch.skip([k for k in launch.ckpt_keys if k not in need], pk)
+            if need:
+                touched.add(pk.split("~", 1)[0])
+                launch.execute(need, pk, f"checkpoint {pk}")
+            else:
+                launch._tick(f"checkpoint {pk} up to date")
+        for r in runs if launch.run_keys else []:
+            need = launch.run_keys if r in touched else launch._needs(launch.run_keys, r, {})
+            launch.skip([k for k in launch.run_keys if k not in need], r)
+            if need:
+                launch.execute(need, r, f"run report {r}")
+            else:
+                launch._tick(f"run {r} reports up to date")
+    finally:
+        if owned:
+            instance.dispose()
+    return LaunchSummary(dagster_home=home, outcomes=launch.outcomes, checkpoints=ckpts, runs=runs,
+                         seconds=time.perf_counter() - t0, base_loads=BASE_LOADS["count"] - loads0,
+                         renders=cache.renders_done() - renders0)

@@ -1,0 +1,52 @@
+"""`lora-pipeline evaluate [--run ID]... [--checkpoint ID]... [--all]`: discover datasets, runs and
+checkpoints and materialize what is missing or stale for them, through Dagster, in the instance the
+UI reads (assets/launch.py). Exit 0 when every partition materialized or was up to date; exit 1 with
+the summary and one line per failed partition otherwise; exit 2 for an unknown run or checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", metavar="ID", action="append", default=[], help="only this run (repeatable)")
+    p.add_argument("--checkpoint", metavar="ID", action="append", default=[],
+                   help="only this checkpoint: its id (step-00000500) or partition key (run~step-...); repeatable")
+    p.add_argument("--all", action="store_true",
+                   help="materialize everything selected again, not only what is missing or stale "
+                        "(renders still come from the render cache when unchanged)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from tqdm import tqdm
+
+    from lora_pipeline.cli import UsageError, WorkFailed
+    from lora_pipeline.config import load_config
+
+    config = load_config(args.config)
+    from assets.launch import LaunchError, materialize
+
+    bar = tqdm(total=0, desc="evaluate", unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(done: int, total: int, label: str) -> None:
+        bar.total = total
+        bar.set_postfix_str(label[-60:])
+        bar.update(done - bar.n)
+
+    try:
+        summary = materialize(config, run_ids=args.run, checkpoint_ids=args.checkpoint, include_all=args.all,
+                              progress=progress)
+    except LaunchError as e:
+        raise UsageError(str(e)) from None
+    finally:
+        bar.close()
+    lines = summary.lines()
+    for line in lines[1:]:
+        print(line, file=sys.stderr)
+    if summary.failed:
+        raise WorkFailed(lines[0])
+    print(lines[0])
+    return 0
+
