@@ -172,6 +172,8 @@ def _runtime_faults(w: World, toy_base: Path) -> None:
 
             clear_cache()
         w.evaluate(run_id)
+    _record_variant(w, "reviewed")  # the reviews test's own run: its decisions touch no other test
+    w.evaluate("reviewed")
     long = " ".join(["a red wooden chair in a bright studio,"] * 11) + " {trigger}"
     variants = {"fault-truncated": {"prompts": [long]},
                 "fault-negative": {"prompts": ["a photo of {trigger}, red chair"], "negative_prompt": "red, blurry"}}
