@@ -42,9 +42,9 @@ def clip_scores(folder: Path, images: list[Any], text: str) -> list[float]:
     with torch.no_grad():
         t = tok([text], padding=True, truncation=True, max_length=model.config.text_config.max_position_embeddings,
                 return_tensors="pt")
-        txt = model.get_text_features(**t)
         pix = proc(images=[im.convert("RGB") for im in images], return_tensors="pt")["pixel_values"]
-        img = model.get_image_features(pixel_values=pix)
+        out = model(input_ids=t["input_ids"], attention_mask=t.get("attention_mask"), pixel_values=pix)
+        txt, img = out.text_embeds, out.image_embeds  # projected and L2-normalised by CLIPModel
         txt = txt / txt.norm(dim=-1, keepdim=True)
         img = img / img.norm(dim=-1, keepdim=True)
         return [float(100.0 * v) for v in (img @ txt.T).squeeze(-1)]
