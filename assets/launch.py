@@ -110,7 +110,10 @@ class _Launch:
         self.outcomes: list[Outcome] = []
         self.done, self.total = 0, 0
         # The event log (and so the UI) gets everything; the console only warnings and worse.
-        self.run_config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+        # The launch reports outcomes itself (progress bar + summary); Dagster's console logger would
+        # print stack traces for expected events such as a failed blocking check. Everything is still
+        # recorded in the instance, where the UI shows it.
+        self.run_config = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
     # -- staleness ------------------------------------------------------------------------------
     def _resolver(self):

@@ -31,8 +31,11 @@ class DemoRun:
 
 
 DEMO_RUNS = (
-    DemoRun("products-sensible", "kohya", steps=30, save_every=10, rank=4, alpha=4.0, lr=5e-4),
-    DemoRun("products-hot", "native", steps=60, save_every=20, rank=16, alpha=32.0, lr=2e-2),
+    # Sensible: modest rank and learning rate; its effect grows across checkpoints.
+    DemoRun("products-sensible", "kohya", steps=40, save_every=10, rank=8, alpha=16.0, lr=1e-3),
+    # Hot: rank 32 on 14 images at lr 0.05: flagged as aggressive, and its trigger stops mattering
+    # (the LoRA bleeds into every prompt) while its weights keep growing: overtraining.
+    DemoRun("products-hot", "native", steps=60, save_every=15, rank=32, alpha=64.0, lr=5e-2),
 )
 
 

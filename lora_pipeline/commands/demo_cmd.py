@@ -34,6 +34,32 @@ def run(args: argparse.Namespace) -> int:
             bar.close()
 
     build_demo_workspace(config, log=lambda m: print(m, flush=True), progress=progress)
-    from lora_pipeline.demo_report import run_demo_graph
 
-    return run_demo_graph(config)
+    import sys
+
+    from assets.launch import materialize
+    from lora_pipeline.cli import WorkFailed
+    from lora_pipeline.demo_report import print_summary
+
+    print("demo: running the asset graph through Dagster (dataset -> training -> evaluation -> reports)",
+          flush=True)
+    bar = tqdm(total=0, desc="pipeline", unit="step", file=sys.stderr, dynamic_ncols=True)
+
+    def step(done: int, total: int, label: str) -> None:
+        bar.total = total
+        bar.set_postfix_str(label[-50:])
+        bar.update(done - bar.n)
+
+    try:
+        summary = materialize(config, progress=step)
+    finally:
+        bar.close()
+    lines = summary.lines()
+    print_summary(config.storage)
+    print(f"\n{lines[0]}")
+    for line in lines[1:]:
+        print(line, file=sys.stderr)
+    print(f"Dagster instance: {summary.dagster_home} (browse it with `make ui`)")
+    if summary.failed:
+        raise WorkFailed(f"{len(summary.failed)} partition(s) failed; see above")
+    return 0

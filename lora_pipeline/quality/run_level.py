@@ -9,7 +9,8 @@
   checkpoints compare unlike things.
 - TRAINING.OVERTRAINING_SUSPECTED (the render half): a quality signal is worse at the last checkpoint
   than at the best earlier one by more than `worsening` (relative: HF-energy ratio up, seed-diversity
-  ratio down, nearest-training distance down, more QUALITY findings) *and* the training side agrees:
+  ratio down, nearest-training distance down, trigger effect down from a clear one, more QUALITY
+  findings) *and* the training side agrees:
   the run record carries the training half of the finding or TRAINING.LOSS_DIVERGED, or the LoRA
   delta norm grew by more than `norm_growth` between those two checkpoints.
 
@@ -28,7 +29,8 @@ from lora_pipeline.quality import thresholds as resolve_thresholds
 _SIGNALS = ("lora_effect", "trigger_effect", "hf_ratio", "seed_diversity_ratio", "nearest_training_distance",
             "memorized", "clip_lora_trigger")
 # signal -> +1 when higher is worse, -1 when lower is worse
-_WORSE = {"hf_ratio": +1, "seed_diversity_ratio": -1, "nearest_training_distance": -1, "quality_findings": +1}
+_WORSE = {"hf_ratio": +1, "seed_diversity_ratio": -1, "nearest_training_distance": -1, "quality_findings": +1,
+          "trigger_effect": -1}
 NORM_GROWTH = 1.25  # ChecksConfig.overtrain_norm_growth default
 
 
@@ -65,8 +67,13 @@ def progression(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def render_worsening(rows: list[dict[str, Any]], worsening: float) -> list[dict[str, Any]]:
-    """Signals worse at the last checkpoint than at the best earlier one, by more than `worsening`."""
+def render_worsening(rows: list[dict[str, Any]], worsening: float, min_trigger_effect: float = 0.0
+                     ) -> list[dict[str, Any]]:
+    """Signals worse at the last checkpoint than at the best earlier one, by more than `worsening`.
+
+    A trigger effect that fades (the LoRA bleeding into prompts without the trigger) counts only when
+    the trigger once had a clear effect (>= `min_trigger_effect`): a fall between two values that are
+    both noise says nothing."""
     if len(rows) < 2:
         return []
     last, earlier = rows[-1], rows[:-1]
@@ -77,6 +84,8 @@ def render_worsening(rows: list[dict[str, Any]], worsening: float) -> list[dict[
             continue
         best = min(pts, key=lambda r: sign * r[sig])
         b, v = float(best[sig]), float(last[sig])
+        if sig == "trigger_effect" and b < min_trigger_effect:
+            continue
         if sig == "quality_findings":
             worse = v > b
         elif sign > 0:
@@ -117,7 +126,7 @@ def run_findings(checkpoint_documents: list[dict[str, Any]], run: Any, *, thresh
                                 f"({', '.join(drift)}): their progression compares unlike things.",
                                 {"differs": drift, "checkpoints": [d.get("checkpoint_id") for d in docs]}))
     rows = progression(docs)
-    worse = render_worsening(rows, t["worsening"])
+    worse = render_worsening(rows, t["worsening"], t["min_trigger_effect"])
     first = worse[0]["best_checkpoint"] if worse else None
     signals = training_signals(run, first, rows[-1]["checkpoint_id"] if rows else None, norm_growth) if worse else []
     if worse and signals:

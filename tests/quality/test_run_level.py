@@ -66,3 +66,18 @@ def test_overtraining_needs_render_worsening_and_training_signals():
     assert [x.code for x in found] == ["TRAINING.OVERTRAINING_SUSPECTED"]
     assert found[0].evidence["training_signals"][0] == {"signal": "delta_norm_growth", "from": "step-00000100",
                                                        "to": "step-00000300", "ratio": 3.0, "threshold": 1.25}
+
+
+def test_fading_trigger_effect_counts_only_when_the_trigger_once_worked():
+    # The LoRA bleeds into prompts without the trigger: the trigger effect falls from a clear 0.1.
+    docs = [_doc("step-00000100", 100, trigger_effect=0.1), _doc("step-00000200", 200, trigger_effect=0.05),
+            _doc("step-00000300", 300, trigger_effect=0.02)]
+    found, section = run_findings(docs, _run(norms=(1.0, 2.0, 3.0)))
+    assert [f.code for f in found] == ["TRAINING.OVERTRAINING_SUSPECTED"]
+    [w] = section["render_worsening"]
+    assert w == {"signal": "trigger_effect", "best_checkpoint": "step-00000100", "best": 0.1,
+                 "last_checkpoint": "step-00000300", "last": 0.02}
+    # Between two values below the trigger-effect threshold the fall is noise: nothing is flagged.
+    docs = [_doc("step-00000100", 100, trigger_effect=0.008), _doc("step-00000300", 300, trigger_effect=0.001)]
+    found, section = run_findings(docs, _run(norms=(1.0, 2.0, 3.0)))
+    assert found == [] and section["render_worsening"] == []
