@@ -374,8 +374,8 @@ class _Evaluation:
         self.renders.append(documents.render_row(png, inp.out_dir, m, out, save_s, key, cache_state))
 
     def _determinism(self) -> None:
-        """Re-render one base image once per (base, spec) in this process; later checkpoints compare
-        their first base image with that reference."""
+        """Re-render one base image once per (base, spec, resolved prompt) in this process; later
+        checkpoints compare their first base image with that reference."""
         spec = self.inp.spec
         first = self.images.get((0, spec.seeds[0], "base"))
         if first is None:
@@ -385,7 +385,10 @@ class _Evaluation:
                                        "skipped": "base render reused from the render cache (rendered and "
                                                   "checked for determinism when it was first made)"}
             return
-        key = f"determinism:{spec.digest}"
+        # The reference is per resolved prompt, not per spec: runs with another trigger render another
+        # base prompt, and comparing it with this one would report a false NONDETERMINISTIC.
+        req = self._request("base", 0, spec.prompts[0], spec.seeds[0])
+        key = f"determinism:{spec.digest}:{req.prompt}\0{req.negative_prompt}"
         ref = self.entry.checks.get(key)
         if ref is None:
             again = self._render("base", 0, spec.prompts[0], spec.seeds[0], None, keep_file=False)

@@ -165,3 +165,19 @@ def test_arm_prompts_follow_the_contract():
     assert arm_prompt("{trigger} in a living room", "sks", False) == "in a living room"
     assert arm_prompt("a chair", "sks", True) == "sks, a chair"
     assert arm_prompt("a chair", "sks", False) == "a chair"
+
+
+def test_determinism_reference_is_per_resolved_prompt(toy_base, native_run, run_eval, facts_maker, tmp_path):
+    """Two runs with different triggers in one process render different base prompts: the second must
+    not be compared with the first one's reference (a false COMPARISON.NONDETERMINISTIC)."""
+    from lora_pipeline.render.pipeline import clear_cache
+
+    clear_cache()
+    ck = _ckpt(native_run, 3)
+    first = run_eval(toy_base, "sd1", ck, tmp_path / "a")
+    other = run_eval(toy_base, "sd1", ck, tmp_path / "b",
+                     facts=facts_maker(toy_base, "sd1", trigger="ohwx", caption_trigger="ohwx"))
+    again = run_eval(toy_base, "sd1", ck, tmp_path / "c")
+    for r in (first, other, again):
+        assert "COMPARISON.NONDETERMINISTIC" not in r.codes(), r.document.get("determinism")
+        assert r.document["determinism"]["max_abs"] == 0

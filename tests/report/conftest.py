@@ -163,14 +163,6 @@ def _runtime_faults(w: World, toy_base: Path) -> None:
     _record_variant(w, "fault-respelled", trigger="sks-chair")
     _record_variant(w, "fault-resolution", resolution=128)
     for run_id in ("fault-base", "fault-respelled", "fault-resolution"):
-        if run_id == "fault-respelled":
-            # The evaluation core keys its per-process determinism reference by eval spec only, not by
-            # the trigger: a run with another trigger renders another prompt and would be compared with
-            # the clean run's reference (a false COMPARISON.NONDETERMINISTIC). Reported to the
-            # evaluation layer; a fresh pipeline cache keeps this scenario about the trigger.
-            from lora_pipeline.render.pipeline import clear_cache
-
-            clear_cache()
         w.evaluate(run_id)
     _record_variant(w, "reviewed")  # the reviews test's own run: its decisions touch no other test
     w.evaluate("reviewed")
