@@ -12,7 +12,7 @@ from lora_pipeline.config import Config, load_config
 
 # Domain modules, in graph order. Each has `definitions(config) -> dg.Definitions`; a module not
 # written yet is skipped, so the code location always loads what exists.
-DOMAIN_MODULES: list[str] = ["dataset", "training", "evaluation", "reports"]
+DOMAIN_MODULES: list[str] = ["dataset", "training", "evaluation", "reports", "automation"]
 
 
 def build_definitions(config_path: str | None = None, config: Config | None = None) -> dg.Definitions:
