@@ -12,8 +12,9 @@ def _tick(config, instance, kind="checkpoint"):
 
     defs = build_definitions(config=config)
     schedule = defs.resolve_schedule_def(f"reevaluate_stale_{kind}s")
-    ctx = dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def())
-    return schedule.evaluate_tick(ctx)
+    # As a context manager: the context sets Dagster's current defs-state storage and must reset it.
+    with dg.build_schedule_context(instance=instance, repository_def=defs.get_repository_def()) as ctx:
+        return schedule.evaluate_tick(ctx)
 
 
 def test_reevaluate_stale_after_spec_and_dataset_changes(workspace, tmp_path):
