@@ -21,6 +21,18 @@ def _isolated(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("LORA_PIPELINE_CONFIG", raising=False)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """One torch thread for the whole session: on a 2-core machine oversubscribed threads make the toy
+    renders ~10x slower, and a fixed thread count keeps float results bit-stable across tests."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def toy_base(tmp_path_factory) -> Path:
     from lora_pipeline.toy.base import write_toy_base

@@ -39,21 +39,13 @@ def run(args: argparse.Namespace) -> int:
 
     from assets.launch import materialize
     from lora_pipeline.cli import WorkFailed
+    from lora_pipeline.commands._progress import launch_progress
     from lora_pipeline.demo_report import print_summary
 
     print("demo: running the asset graph through Dagster (dataset -> training -> evaluation -> reports)",
           flush=True)
-    bar = tqdm(total=0, desc="pipeline", unit="step", file=sys.stderr, dynamic_ncols=True)
-
-    def step(done: int, total: int, label: str) -> None:
-        bar.total = total
-        bar.set_postfix_str(label[-50:])
-        bar.update(done - bar.n)
-
-    try:
+    with launch_progress("pipeline") as step:
         summary = materialize(config, progress=step)
-    finally:
-        bar.close()
     lines = summary.lines()
     print_summary(config.storage)
     print(f"\n{lines[0]}")

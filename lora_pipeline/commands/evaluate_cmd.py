@@ -20,28 +20,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from tqdm import tqdm
-
     from lora_pipeline.cli import UsageError, WorkFailed
+    from lora_pipeline.commands._progress import launch_progress
     from lora_pipeline.config import load_config
 
     config = load_config(args.config)
     from assets.launch import LaunchError, materialize
 
-    bar = tqdm(total=0, desc="evaluate", unit="step", file=sys.stderr, dynamic_ncols=True)
-
-    def progress(done: int, total: int, label: str) -> None:
-        bar.total = total
-        bar.set_postfix_str(label[-60:])
-        bar.update(done - bar.n)
-
-    try:
-        summary = materialize(config, run_ids=args.run, checkpoint_ids=args.checkpoint, include_all=args.all,
-                              progress=progress)
-    except LaunchError as e:
-        raise UsageError(str(e)) from None
-    finally:
-        bar.close()
+    with launch_progress("evaluate") as progress:
+        try:
+            summary = materialize(config, run_ids=args.run, checkpoint_ids=args.checkpoint,
+                                  include_all=args.all, progress=progress)
+        except LaunchError as e:
+            raise UsageError(str(e)) from None
     lines = summary.lines()
     for line in lines[1:]:
         print(line, file=sys.stderr)

@@ -15,15 +15,6 @@ TRIGGER = "sks_chair"
 TOY_QUALITY = {"min_lora_effect": 1e-5, "min_trigger_effect": 1e-5}
 
 
-@pytest.fixture(scope="package", autouse=True)
-def _one_torch_thread():
-    """One thread: on a shared 2-core machine oversubscribed torch threads make renders 10x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

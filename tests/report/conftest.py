@@ -21,14 +21,6 @@ TRIGGER = "sks_chair"
 CLEAN, LAST = "clean", "step-00000006"
 
 
-@pytest.fixture(scope="package", autouse=True)
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _render_helpers():
