@@ -214,14 +214,33 @@ def _select(scans: list, run_ids: tuple[str, ...], checkpoint_ids: tuple[str, ..
     return chosen, [c.partition_key for c in ckpts]
 
 
+def _observations_current(launch: _Launch) -> bool:
+    """True when every dataset folder's fingerprint equals its last recorded observation: a new
+    observation run would record nothing new (it costs a Dagster run on every launch otherwise)."""
+    from assets.dataset import SOURCE_KEY
+    from lora_pipeline.dataset.layout import DatasetError
+    from lora_pipeline.dataset.snapshot import source_fingerprint
+
+    for name, ds in launch.config.datasets.items():
+        rec = launch.instance.get_latest_data_version_record(SOURCE_KEY, is_source=True, partition_key=name)
+        observed = rec.asset_observation.data_version if rec is not None and rec.asset_observation else None
+        try:
+            if observed is None or observed != source_fingerprint(launch.config.storage, name, ds.path):
+                return False
+        except DatasetError:
+            return False
+    return True
+
+
 def _datasets(launch: _Launch) -> None:
     from assets.dataset import SNAPSHOT_KEY
     from lora_pipeline.dataset.snapshot import latest_snapshot
 
     if not launch.config.datasets or not launch.graph.has(SNAPSHOT_KEY):
         return
-    launch.defs.resolve_job_def(OBSERVE_JOB).execute_in_process(instance=launch.instance, tags={LAUNCH_TAG: "observe"},
-                                                                run_config=launch.run_config)
+    if not _observations_current(launch):
+        launch.defs.resolve_job_def(OBSERVE_JOB).execute_in_process(
+            instance=launch.instance, tags={LAUNCH_TAG: "observe"}, run_config=launch.run_config)
     for name in sorted(launch.config.datasets):
         on_disk = latest_snapshot(launch.config.storage, name) is not None
         if on_disk and not launch._needs([SNAPSHOT_KEY], name, {}):  # stale when the observed source moved

@@ -8,6 +8,7 @@ naming the key and the file.
 
 from __future__ import annotations
 
+import json
 import os
 from importlib import resources as importlib_resources
 from pathlib import Path
@@ -118,6 +119,18 @@ class Config(_Strict):
     @property
     def source_label(self) -> str:
         return str(self.source) if self.source else "<embedded demo config>"
+
+    def to_json(self) -> str:
+        """The resolved config (absolute paths, root and source included), for handing to a step
+        exactly as the caller has it, even when it was changed in memory."""
+        return json.dumps({"config": self.model_dump(mode="json"), "root": str(self.root),
+                           "source": str(self.source) if self.source else None})
+
+    @classmethod
+    def from_json(cls, text: str) -> Config:
+        d = json.loads(text)
+        return cls.model_validate(d["config"]).model_copy(
+            update={"root": Path(d["root"]), "source": Path(d["source"]) if d["source"] else None})
 
 
 def demo_dir() -> Path:

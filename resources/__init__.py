@@ -11,5 +11,6 @@ def build_resources(config: Config) -> dict[str, Any]:
     from resources.diffusion_runtime import DiffusionRuntime
     from resources.settings import PipelineSettings
 
-    return {"settings": PipelineSettings(config_path=str(config.source) if config.source else ""),
+    return {"settings": PipelineSettings(config_path=str(config.source) if config.source else "",
+                                         config_json=config.to_json()),
             "diffusion_runtime": DiffusionRuntime(device=config.runtime.device, dtype=config.runtime.dtype)}

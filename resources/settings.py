@@ -9,13 +9,17 @@ from lora_pipeline.config import Config, load_config
 
 
 class PipelineSettings(dg.ConfigurableResource):
-    """The config file path ('' = the usual lookup: env var, ./lora_pipeline.yaml, demo default)."""
+    """The config every step uses: `config_json` (the resolved config the definitions were built
+    from, so steps see exactly what the launcher or code location saw), else the file at
+    `config_path`, else the usual lookup (env var, ./lora_pipeline.yaml, the demo default)."""
 
     config_path: str = ""
+    config_json: str = ""
     _config: Config | None = PrivateAttr(default=None)
 
     @property
     def config(self) -> Config:
         if self._config is None:
-            self._config = load_config(self.config_path or None)
+            self._config = (Config.from_json(self.config_json) if self.config_json
+                            else load_config(self.config_path or None))
         return self._config

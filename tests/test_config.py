@@ -114,3 +114,17 @@ def test_missing_config_file_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("LORA_PIPELINE_CONFIG", str(tmp_path / "gone.yaml"))
     with pytest.raises(ConfigError, match="LORA_PIPELINE_CONFIG"):
         load_config()
+
+
+def test_json_round_trip_keeps_root_source_and_in_memory_changes(tmp_path):
+    from lora_pipeline.config import Config
+
+    f = tmp_path / "lora_pipeline.yaml"
+    f.write_text(GOOD)
+    cfg = load_config(f)
+    changed = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"steps": 9})})
+    back = Config.from_json(changed.to_json())
+    assert back == changed and back.eval.steps == 9
+    assert back.root == cfg.root and back.source == f.resolve() and back.dagster_home == cfg.dagster_home
+    embedded = load_config()
+    assert Config.from_json(embedded.to_json()).source is None

@@ -113,3 +113,31 @@ def test_dagster_job_backfill_over_checkpoint_partitions(workspace):
     # (lora_checkpoint, eval_renders and every other checkpoint-partitioned asset).
     assert sorted(r.tags.get("dagster/partition") for r in runs) == sorted(keys[:2])
     assert {r.status for r in runs} == {dg.DagsterRunStatus.QUEUED} and {r.job_name for r in runs} == {"checkpoint_job"}
+
+
+def test_dataset_folder_change_is_observed_and_snapshotted_again(workspace, tmp_path):
+    """An unchanged folder costs no observation run; an edited one is observed and snapshotted anew."""
+    import shutil
+
+    from assets.launch import materialize
+    from lora_pipeline.dataset.snapshot import latest_snapshot
+
+    config, _run_id = workspace
+    ds = tmp_path / "products-own"
+    shutil.copytree(config.datasets["products"].path, ds)
+    config = config.model_copy(update={"datasets": {"products": config.datasets["products"].model_copy(
+        update={"path": ds})}})
+    materialize(config)
+    first = latest_snapshot(config.storage, "products").snapshot_id
+    with _instance(config) as inst:
+        observe_runs = lambda: len([r for r in inst.get_runs() if r.tags.get("lora_pipeline/launcher") == "observe"])  # noqa: E731
+        before = observe_runs()
+        unchanged = materialize(config, instance=inst)
+        assert observe_runs() == before  # nothing moved: no observation run
+        assert ("dataset_snapshot", "products") in {(o.asset, o.partition) for o in unchanged.up_to_date}
+        (ds / "img_extra.txt").write_text("a photo of sks_chair, one more chair")
+        (ds / "img_extra.png").write_bytes((ds / "img_000.png").read_bytes())
+        changed = materialize(config, instance=inst)
+        assert observe_runs() == before + 1
+        assert ("dataset_snapshot", "products") in {(o.asset, o.partition) for o in changed.materialized}
+    assert latest_snapshot(config.storage, "products").snapshot_id != first
