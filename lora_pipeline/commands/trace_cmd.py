@@ -12,13 +12,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from assets.lookup import latest_run_lookup
     from lora_pipeline.cli import UsageError
     from lora_pipeline.config import load_config
     from lora_pipeline.report.trace import TraceError, format_trace, trace_image
 
     config = load_config(args.config)
     try:
-        t = trace_image(config, args.image)
+        t = trace_image(config, args.image, run_lookup=latest_run_lookup(config))
     except TraceError as e:
         raise UsageError(str(e)) from None
     print(json.dumps(t, indent=1, default=str) if args.json else format_trace(t))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,30 +41,12 @@ class _Checks:
         return item
 
 
-def _dagster_runs(config: Config):
-    """partition lookup -> run id of the latest materialization, from the workspace's instance."""
-    home = Path(os.environ["DAGSTER_HOME"]) if os.environ.get("DAGSTER_HOME") else config.dagster_home
-    if not (home / "dagster.yaml").is_file():
-        return lambda _asset, _partition: None
-    try:
-        import dagster as dg
-
-        instance = dg.DagsterInstance.from_config(str(home))
-    except Exception:  # noqa: BLE001 - no usable instance: the walk still works without run ids
-        return lambda _asset, _partition: None
-
-    def lookup(asset: str, partition: str) -> str | None:
-        try:
-            res = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=1)
-        except Exception:  # noqa: BLE001
-            return None
-        return res.records[0].run_id if res.records else None
-
-    return lookup
+RunLookup = Callable[[str, str], "str | None"]  # (asset, partition) -> Dagster run id of its latest materialization
 
 
-def trace_image(config: Config, image: str | os.PathLike) -> dict[str, Any]:
+def trace_image(config: Config, image: str | os.PathLike, run_lookup: RunLookup | None = None) -> dict[str, Any]:
+    """The backward walk. `run_lookup` comes from the Dagster layer (assets/lookup.py); without it
+    the walk works the same, with the run ids the files themselves record."""
     from lora_pipeline.render.manifest import read_png_chunks
 
     img = Path(image)
@@ -77,7 +60,7 @@ def trace_image(config: Config, image: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(m, dict) or "run_id" not in m:
         raise TraceError(f"{img}: no lora_pipeline chunk: not a lora-pipeline render (or its metadata was stripped)")
     storage = Storage(Path(config.storage))
-    runs = _dagster_runs(config)
+    runs = run_lookup or (lambda _asset, _partition: None)
     checks = _Checks()
     run_id, cid = m["run_id"], m["checkpoint_id"]
     ckey = checkpoint_partition_key(run_id, cid)

@@ -55,3 +55,22 @@ def test_run_report_opens_in_chromium(demo_world):
     assert reports, "the demo wrote no run report"
     shot = screenshot(reports[0].as_uri(), "demo-run-report.png", size="1400,1600")
     assert shot.stat().st_size > 20_000
+
+
+def test_trace_names_the_dagster_runs_of_the_demo(demo_world, tmp_path):
+    """trace on a copied demo render walks back with the Dagster run id of each step."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, env, _ = demo_world
+    render = sorted((root / "storage" / "renders").glob("products-hot/*/lora_trigger/0-11.png"))[-1]
+    copy = shutil.copy(render, tmp_path / "copied.png")
+    exe = Path(sys.executable).parent / "lora-pipeline"
+    out = subprocess.run([str(exe), "trace", str(copy), "--json"], env=env, capture_output=True, text=True,
+                         timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    t = json.loads(out.stdout)
+    assert t["run"]["dagster"]["run_id"] and t["render"]["dagster"]["partition"].startswith("products-hot~")
+    assert t["checkpoint"]["check"]["status"] == "ok"
