@@ -26,6 +26,8 @@ Public API for other layers (training ingestion, trace):
   the folder against the latest snapshot, as a `DATASET.SOURCE_CHANGED` finding via `.finding()`.
 - `source_fingerprint(storage_root, dataset, source_root) -> str`: the content id the folder would
   get now (hashes only files whose size or mtime changed since the last scan).
+- `current_scan(storage_root, dataset, source_root) -> Scan`: the folder's files now (size, mtime,
+  sha256), with the same stat cache.
 - `object_path(storage_root, sha256) -> Path`: where a stored file lives.
 """
 
@@ -297,6 +299,13 @@ def _current(storage: Storage, dataset: str, source_root: str | os.PathLike,
              full_verify: bool) -> Scan:
     cache, _ = _cache(storage, dataset, with_manifest=False)
     return scan_dataset(source_root, cache=cache, full_verify=full_verify, probe_images=False)
+
+
+def current_scan(storage_root: str | os.PathLike, dataset: str, source_root: str | os.PathLike,
+                 full_verify: bool = False) -> Scan:
+    """The folder as it is now (files with size, mtime, sha256), hashing only the files whose size
+    or mtime changed since the last scan of this dataset."""
+    return _current(Storage(Path(storage_root)), dataset, source_root, full_verify)
 
 
 def source_fingerprint(storage_root: str | os.PathLike, dataset: str, source_root: str | os.PathLike,

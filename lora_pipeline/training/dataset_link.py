@@ -8,7 +8,7 @@
    modified after training started -> DATASET.SOURCE_CHANGED.
 
 The dataset layer is used through its public API only (`list_snapshots`, `load_snapshot`,
-`find_snapshot_matching`, `scan_dataset`), so this module is the one place to change if it moves.
+`find_snapshot_matching`, `current_scan`), so this module is the one place to change if it moves.
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ def link_dataset(record: RunRecord, config: Config, dirs: list[str]) -> dict[str
     record.dataset.name = name
     root = config.datasets[name].path
     try:
-        scan = snap_api.scan_dataset(root, probe_images=False)
+        # Reuses the hashes of files whose size and mtime are unchanged since the last scan.
+        scan = snap_api.current_scan(storage, name, root, config.checks.full_verify)
     except snap_api.DatasetError as e:
         record.findings.append(Finding("DATASET.NOT_SNAPSHOTTED", subject,
                                        f"Dataset {name} cannot be read to match a snapshot: {e}",
