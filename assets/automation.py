@@ -21,32 +21,13 @@ import hashlib
 
 import dagster as dg
 
+from assets.launch import partitioned_by, stale_resolver
 from assets.partitions import CHECKPOINTS, TRAINING_RUNS
 from lora_pipeline.config import Config
 
 SCHEDULE_NAME = "reevaluate_stale"
 CRON = "*/30 * * * *"
 KINDS = ("dataset", "run", "checkpoint")
-
-
-def _resolver(instance: dg.DagsterInstance, graph):
-    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver
-    from dagster._time import get_current_datetime
-
-    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-                          instance=instance, asset_graph=graph)
-    return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
-
-
-def _partitioned_by(graph, name: str) -> list[dg.AssetKey]:
-    keys = []
-    for k in graph.toposorted_asset_keys:
-        node = graph.get(k)
-        pd = node.partitions_def
-        if node.is_materializable and getattr(pd, "name", None) == name:
-            keys.append(k)
-    return keys
 
 
 def _key(partition: str, keys: list[dg.AssetKey], instance: dg.DagsterInstance) -> str:
@@ -91,9 +72,9 @@ def stale_run_requests(config: Config, instance: dg.DagsterInstance, graph) -> l
         if now != snap.snapshot_id:
             requests.append(dg.RunRequest(run_key=f"{SCHEDULE_NAME}:dataset:{name}:{now}", partition_key=name,
                                           asset_selection=[snapshot_key], tags={"lora_pipeline/why": "dataset stale"}))
-    resolver = _resolver(instance, graph)
+    resolver = stale_resolver(instance, graph)
     for pd_name, kind in ((TRAINING_RUNS.name, "run"), (CHECKPOINTS.name, "checkpoint")):
-        keys = _partitioned_by(graph, pd_name)
+        keys = partitioned_by(graph, pd_name)
         for partition in instance.get_dynamic_partitions(pd_name):
             need = _stale_in_partition(resolver, graph, keys, partition, instance)
             if need:

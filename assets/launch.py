@@ -88,6 +88,23 @@ def _partitions_name(graph, key: dg.AssetKey) -> str | None:
     return pd.name if isinstance(pd, dg.DynamicPartitionsDefinition) else None
 
 
+def partitioned_by(graph, name: str) -> list[dg.AssetKey]:
+    """Materializable assets on the dynamic partitions definition `name`, in graph order."""
+    return [k for k in graph.toposorted_asset_keys
+            if graph.get(k).is_materializable and _partitions_name(graph, k) == name]
+
+
+def stale_resolver(instance: dg.DagsterInstance, graph):
+    """Dagster's own stale-status resolver over `graph`, as of now."""
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._time import get_current_datetime
+
+    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+                          instance=instance, asset_graph=graph)
+    return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+
+
 class _Launch:
     def __init__(self, config: Config, instance: dg.DagsterInstance, include_all: bool,
                  progress: Progress | None) -> None:
@@ -102,11 +119,9 @@ class _Launch:
                                       - dg.AssetSelection.all())]))
         self.graph = self.defs.resolve_asset_graph()
         self.job = self.defs.resolve_implicit_global_asset_job_def()
-        order = [k for k in self.graph.toposorted_asset_keys if self.graph.get(k).is_materializable]
-        self.ckpt_keys = [k for k in order if _partitions_name(self.graph, k) == CHECKPOINTS.name]
+        self.ckpt_keys = partitioned_by(self.graph, CHECKPOINTS.name)
         self.run_key = dg.AssetKey("training_run")
-        self.run_keys = [k for k in order if _partitions_name(self.graph, k) == TRAINING_RUNS.name
-                         and k != self.run_key]
+        self.run_keys = [k for k in partitioned_by(self.graph, TRAINING_RUNS.name) if k != self.run_key]
         self.outcomes: list[Outcome] = []
         self.done, self.total = 0, 0
         # The event log (and so the UI) gets everything; the console only warnings and worse.
@@ -117,13 +132,7 @@ class _Launch:
 
     # -- staleness ------------------------------------------------------------------------------
     def _resolver(self):
-        from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-        from dagster._core.definitions.data_version import CachingStaleStatusResolver
-        from dagster._time import get_current_datetime
-
-        view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-                              instance=self.instance, asset_graph=self.graph)
-        return CachingStaleStatusResolver(instance=self.instance, asset_graph=self.graph, loading_context=view)
+        return stale_resolver(self.instance, self.graph)
 
     def _recorded_version(self, key: dg.AssetKey, partition: str) -> str | None:
         rec = self.instance.get_latest_data_version_record(key, partition_key=partition)

@@ -114,21 +114,31 @@ def mode_a_all(work: Path, size: int, steps: int) -> dict:
     return {"seconds": time.perf_counter() - t0, "renders": s.renders, "materialized": len(s.materialized)}
 
 
-def mode_b(work: Path, size: int, steps: int) -> dict:
-    t0 = time.perf_counter()
-    pipe, n, out = _pipe(work), 0, work / "out-b"
+def _arm_renders(pipe, trigger: bool, size: int, steps: int, out: Path) -> int:
+    """Every prompt x seed of one arm into `out`; returns the number of renders."""
+    n = 0
     for pi, tpl in enumerate(PROMPTS):
         for seed in SEEDS:
-            _render(pipe, _prompt(tpl, True), seed, size, steps, out / "base" / f"{pi}-{seed}.png")
+            _render(pipe, _prompt(tpl, trigger), seed, size, steps, out / f"{pi}-{seed}.png")
             n += 1
+    return n
+
+
+def _lora_renders(pipe, f: Path, adapter: str, size: int, steps: int, out: Path) -> int:
+    """Load one checkpoint, render both LoRA arms, delete the adapter; returns the number of renders."""
+    pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=adapter)
+    n = sum(_arm_renders(pipe, trig, size, steps, out / f.stem / arm)
+            for arm, trig in (("lora_no_trigger", False), ("lora_trigger", True)))
+    pipe.delete_adapters(adapter)
+    return n
+
+
+def mode_b(work: Path, size: int, steps: int) -> dict:
+    t0 = time.perf_counter()
+    pipe, out = _pipe(work), work / "out-b"
+    n = _arm_renders(pipe, True, size, steps, out / "base")
     for i, f in enumerate(checkpoints(work)):
-        pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=f"c{i}")
-        for arm, trig in (("lora_no_trigger", False), ("lora_trigger", True)):
-            for pi, tpl in enumerate(PROMPTS):
-                for seed in SEEDS:
-                    _render(pipe, _prompt(tpl, trig), seed, size, steps, out / f.stem / arm / f"{pi}-{seed}.png")
-                    n += 1
-        pipe.delete_adapters(f"c{i}")
+        n += _lora_renders(pipe, f, f"c{i}", size, steps, out)
     return {"seconds": time.perf_counter() - t0, "renders": n, "base_loads": 1}
 
 
@@ -137,16 +147,8 @@ def mode_c(work: Path, size: int, steps: int) -> dict:
     n, out = 0, work / "out-c"
     for i, f in enumerate(checkpoints(work)):
         pipe = _pipe(work)
-        for pi, tpl in enumerate(PROMPTS):
-            for seed in SEEDS:
-                _render(pipe, _prompt(tpl, True), seed, size, steps, out / f.stem / "base" / f"{pi}-{seed}.png")
-                n += 1
-        pipe.load_lora_weights(str(f.parent), weight_name=f.name, adapter_name=f"c{i}")
-        for arm, trig in (("lora_no_trigger", False), ("lora_trigger", True)):
-            for pi, tpl in enumerate(PROMPTS):
-                for seed in SEEDS:
-                    _render(pipe, _prompt(tpl, trig), seed, size, steps, out / f.stem / arm / f"{pi}-{seed}.png")
-                    n += 1
+        n += _arm_renders(pipe, True, size, steps, out / f.stem / "base")
+        n += _lora_renders(pipe, f, f"c{i}", size, steps, out)
         del pipe
     return {"seconds": time.perf_counter() - t0, "renders": n, "base_loads": 4}
 
