@@ -37,7 +37,8 @@ def test_inspect_native_reads_alpha_from_adapter_metadata(native_run):
     r = inspect_file(sorted(native_run.rglob("*.safetensors"))[-1])
     assert r.key_format == "diffusers"
     assert r.ranks == [4]
-    assert {m.alpha for m in r.modules} == {8.0} and {m.alpha_source for m in r.modules} == {"metadata"}
+    assert {m.alpha for m in r.modules} == {8.0} and {m.alpha_source for m in r.modules} == {"lora_adapter_metadata"}
+    assert {m.scale for m in r.modules} == {2.0}  # alpha 8 over rank 4, as the native file defines it
 
 
 def test_delta_norm_matches_dense_product(tmp_path):

@@ -19,29 +19,23 @@ from typing import Any
 
 import numpy as np
 
+from lora_pipeline.lora import architecture as file_architecture
+from lora_pipeline.lora import formats
 from lora_pipeline.lora.safetensors_file import SafetensorsFile, read_safetensors
-
-# (pattern, kind) for the key families in the wild. `module` is the module path, `part` A/B/alpha.
-_KEY_PATTERNS: list[tuple[str, re.Pattern]] = [
-    ("kohya", re.compile(r"^(?P<module>lora_(?:unet|te\d?|transformer)_[^.]+)\.(?P<part>lora_down\.weight|lora_up\.weight|alpha)$")),
-    ("peft", re.compile(r"^(?P<module>.+?)\.(?P<part>lora_[AB](?:\.[^.]+)?\.weight)$")),
-    ("diffusers", re.compile(r"^(?P<module>.+?)\.(?P<part>lora\.(?:down|up)\.weight)$")),
-    ("diffusers-legacy", re.compile(r"^(?P<module>.+?)_lora\.(?P<part>(?:down|up)\.weight)$")),
-    ("lycoris", re.compile(r"^(?P<module>lora_[^.]+)\.(?P<part>(?:hada|lokr)_[^.]+|dora_scale)$")),
-]
-_DOWN = ("lora_down.weight", "lora.down.weight", "down.weight")
-_UP = ("lora_up.weight", "lora.up.weight", "up.weight")
 
 
 @dataclass
 class ModuleInfo:
     name: str
+    algorithm: str = "lora"  # lora | loha | lokr | (unrenderable LyCORIS ones) | incomplete
     rank: int | None = None
     alpha: float | None = None
-    alpha_source: str = "none"  # tensor | metadata | none (scale assumed 1.0, i.e. alpha == rank)
+    alpha_source: str = "none"  # tensor | lora_adapter_metadata | none (scale 1.0, i.e. alpha == rank)
+    scale: float = 1.0  # the format's multiplier on the product (lora/formats.py)
+    dora: bool = False
     in_features: int | None = None
     out_features: int | None = None
-    delta_norm: float | None = None  # ||scale * B @ A||_F
+    delta_norm: float | None = None  # ||ΔW||_F at strength 1.0 under the file's own semantics
     up_norm: float | None = None
     nonfinite: int = 0
 
@@ -71,7 +65,13 @@ class LoraFileReport:
 
     @property
     def all_zero(self) -> bool:
-        return bool(self.modules) and all((m.up_norm or 0.0) == 0.0 for m in self.modules)
+        """Every module's update is exactly zero (an untrained or zeroed LoRA); unknown norms count
+        as non-zero, so an algorithm we cannot compute never reads as "changes nothing"."""
+        return bool(self.modules) and all(m.delta_norm == 0.0 for m in self.modules)
+
+    @property
+    def algorithms(self) -> list[str]:
+        return sorted({m.algorithm for m in self.modules})
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "modules"}
@@ -81,33 +81,10 @@ class LoraFileReport:
         return d
 
 
-def _component(module: str) -> str:
-    if module.startswith(("lora_unet_", "unet.")):
-        return "unet"
-    if module.startswith(("lora_te2_", "text_encoder_2.")):
-        return "text_encoder_2"
-    if module.startswith(("lora_te1_", "lora_te_", "text_encoder.")):
-        return "text_encoder"
-    if module.startswith(("lora_transformer_", "transformer.")):
-        return "transformer"
-    return "unet" if module.startswith(("down_blocks", "up_blocks", "mid_block")) else "other"
-
-
-def _adapter_metadata(md: dict[str, str]) -> dict[str, Any]:
-    raw = md.get("lora_adapter_metadata")
-    if not raw:
-        return {}
-    try:
-        v = json.loads(raw)
-        return v if isinstance(v, dict) else {}
-    except json.JSONDecodeError:
-        return {}
-
-
 def _declared(md: dict[str, str]) -> dict[str, Any]:
     """Rank, alpha, trigger and base facts the header declares (kohya ss_*, modelspec, diffusers)."""
     out: dict[str, Any] = {}
-    adapter = _adapter_metadata(md)
+    adapter = formats.adapter_metadata(md)
     for prefix in ("unet.", "transformer.", ""):
         if f"{prefix}r" in adapter:
             out["rank"] = adapter[f"{prefix}r"]
@@ -195,42 +172,24 @@ def analyse(sf: SafetensorsFile) -> LoraFileReport:
 
 def _analyse(sf: SafetensorsFile) -> LoraFileReport:
     keys = sf.keys()
-    by_module: dict[str, dict[str, str]] = {}
-    formats: dict[str, int] = {}
-    unmatched = []
-    for k in keys:
-        for kind, pat in _KEY_PATTERNS:
-            m = pat.match(k)
-            if m:
-                part = m["part"]
-                part = re.sub(r"^lora_([AB])\.[^.]+\.weight$", r"lora_\1.weight", part)  # named adapters
-                by_module.setdefault(m["module"], {})[part] = k
-                formats[kind] = formats.get(kind, 0) + 1
-                break
-        else:
-            unmatched.append(k)
-    key_format = max(formats, key=formats.get) if formats else "unknown"
-    if len(formats) > 1:
-        key_format = "mixed(" + ",".join(sorted(formats)) + ")"
-    md_alpha = _declared(sf.metadata)
-    report = LoraFileReport(path=str(sf.path), sha256=sf.sha256, size=sf.size, key_format=key_format,
-                            tensors=len(keys), metadata=_readable_metadata(sf.metadata), unmatched_keys=unmatched,
-                            declared=md_alpha)
-    in_modules: set[str] = set()
-    for module, parts in sorted(by_module.items()):
-        info, checked = _module_info(sf, module, parts, md_alpha)
+    parsed = formats.parse(sf)
+    report = LoraFileReport(path=str(sf.path), sha256=sf.sha256, size=sf.size, key_format=parsed.key_format,
+                            tensors=len(keys), metadata=_readable_metadata(sf.metadata),
+                            unmatched_keys=parsed.unmatched, declared=_declared(sf.metadata))
+    checked: dict[str, bool] = {}
+    for fm in parsed.modules:
+        info, seen = _module_info(sf, fm)
         report.modules.append(info)
-        report.nonfinite_tensors.extend(k for k, bad in checked.items() if bad)
-        in_modules.update(checked)
-        comp = _component(module)
-        report.components[comp] = report.components.get(comp, 0) + 1
+        checked.update(seen)
+        report.components[fm.component] = report.components.get(fm.component, 0) + 1
     for k in keys:  # tensors the module pass did not already check (alphas, unmatched keys, ...)
-        if k not in in_modules:
+        if k not in checked:
             arr = sf.tensor(k)
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                report.nonfinite_tensors.append(k)
-    report.nonfinite_tensors.sort(key=keys.index)
-    report.architecture = infer_architecture(report.modules, keys)
+            checked[k] = arr.dtype.kind == "f" and not np.isfinite(arr).all()
+    report.nonfinite_tensors = [k for k in keys if checked.get(k)]
+    # the family from the raw header (key names + shapes), and what kind of file this is
+    report.architecture = {**file_architecture.infer_architecture(sf.header),
+                           "file_shape": file_architecture.describe_file_shape(sf.header)}
     return report
 
 
@@ -243,21 +202,69 @@ def _as_matrix(sf: SafetensorsFile, key: str) -> np.ndarray:
     return t.reshape(t.shape[0], -1) if t.ndim else t.reshape(1, 1)
 
 
-def _module_info(sf: SafetensorsFile, module: str, parts: dict[str, str],
-                 declared: dict) -> tuple[ModuleInfo, dict[str, bool]]:
-    """The module's rank/alpha/norms, and {key: has NaN/Inf} for the A/B tensors it read.
+def _module_info(sf: SafetensorsFile, fm: formats.FileModule) -> tuple[ModuleInfo, dict[str, bool]]:
+    info = ModuleInfo(name=fm.key, algorithm=fm.algorithm, rank=fm.rank, alpha=fm.alpha,
+                      alpha_source=fm.alpha_source, scale=fm.scale, dora=fm.dora)
+    if fm.algorithm == "lora" and "mid" not in fm.parts:
+        return info, _lora_norms(sf, fm, info)
+    checked = {}
+    arrays = {}
+    for role, key in fm.parts.items():
+        arr = sf.tensor(key)
+        bad = int((~np.isfinite(arr)).sum()) if arr.dtype.kind == "f" else 0
+        info.nonfinite += bad
+        checked[key] = bad > 0
+        arrays[role] = arr.astype(np.float64)
+    if info.nonfinite == 0:
+        with np.errstate(all="ignore"):
+            delta = _dense_delta(fm.algorithm, arrays)
+        if delta is not None:
+            info.out_features, info.in_features = int(delta.shape[0]), int(np.prod(delta.shape[1:]))
+            info.delta_norm = float(fm.scale * np.linalg.norm(delta.reshape(-1)))
+    return info, checked
+
+
+def _cp(t: np.ndarray, wa: np.ndarray, wb: np.ndarray) -> np.ndarray:
+    """A Tucker (CP) core with its two mode matrices, as LyCORIS' make_weight_cp builds it."""
+    return np.einsum("ijkl,jr,ip->prkl", t, wb, wa)
+
+
+def _dense_delta(algorithm: str, a: dict[str, np.ndarray]) -> np.ndarray | None:
+    """ΔW / scale for the algorithms whose update is not a plain B·A (LoHa, LoKr, Tucker LoCon)."""
+    if algorithm == "lora":  # LoCon with a Tucker core
+        down, mid, up = a["down"], a["mid"], a["up"]
+        return np.einsum("oa,abkl,bi->oikl", up.reshape(up.shape[0], -1), mid, down.reshape(down.shape[0], -1))
+    if algorithm == "loha":
+        if "hada_t1" in a:
+            w1 = _cp(a["hada_t1"], a["hada_w1_a"], a["hada_w1_b"])
+            w2 = _cp(a["hada_t2"], a["hada_w2_a"], a["hada_w2_b"])
+        else:
+            w1 = a["hada_w1_a"] @ a["hada_w1_b"]
+            w2 = a["hada_w2_a"] @ a["hada_w2_b"]
+        return w1 * w2
+    if algorithm == "lokr":
+        w1 = a["lokr_w1"] if "lokr_w1" in a else a["lokr_w1_a"] @ a["lokr_w1_b"]
+        if "lokr_w2" in a:
+            w2 = a["lokr_w2"]
+        elif "lokr_t2" in a:
+            w2 = _cp(a["lokr_t2"], a["lokr_w2_a"], a["lokr_w2_b"])
+        else:
+            w2 = a["lokr_w2_a"] @ a["lokr_w2_b"]
+        if w2.ndim == 4 and w1.ndim == 2:
+            w1 = w1[:, :, None, None]
+        return np.kron(w1, w2)
+    return None
+
+
+def _lora_norms(sf: SafetensorsFile, fm: formats.FileModule, info: ModuleInfo) -> dict[str, bool]:
+    """A LoRA module's norms and {key: has NaN/Inf} for its A/B tensors.
 
     One pass over each tensor: the r x r Gram matrices give ||A||, ||B|| (their traces) and
     ||B A|| = sqrt(sum((B^T B) * (A A^T))); a finite trace proves every element finite, so the
     elementwise NaN/Inf scan only runs when it is not.
     """
-    info = ModuleInfo(name=module)
-    down_k = next((parts[p] for p in ("lora_A.weight", *_DOWN) if p in parts), None)
-    up_k = next((parts[p] for p in ("lora_B.weight", *_UP) if p in parts), None)
-    if down_k is None or up_k is None:
-        return info, {}
+    down_k, up_k = fm.parts["down"], fm.parts["up"]
     a2, b2 = _as_matrix(sf, down_k), _as_matrix(sf, up_k)
-    info.rank = int(a2.shape[0])
     info.in_features, info.out_features = int(a2.shape[1]), int(b2.shape[0])
     with np.errstate(all="ignore"):
         ga = a2 @ a2.T
@@ -269,16 +276,11 @@ def _module_info(sf: SafetensorsFile, module: str, parts: dict[str, str],
         info.nonfinite += bad
         checked[key] = bad > 0
     info.up_norm = float(np.sqrt(sq_b)) if np.isfinite(sq_b) else float(np.linalg.norm(b2))
-    if "alpha" in parts:
-        info.alpha, info.alpha_source = float(sf.tensor(parts["alpha"]).reshape(-1)[0]), "tensor"
-    elif declared.get("alpha") is not None:
-        info.alpha, info.alpha_source = float(declared["alpha"]), "metadata"
-    scale = (info.alpha / info.rank) if info.alpha is not None and info.rank else 1.0
     if b2.shape[1] == a2.shape[0]:
         with np.errstate(all="ignore"):
             sq = float(np.sum(gb * ga))
-        info.delta_norm = float(scale * np.sqrt(max(sq, 0.0))) if np.isfinite(sq) else float("nan")
-    return info, checked
+        info.delta_norm = float(fm.scale * np.sqrt(max(sq, 0.0))) if np.isfinite(sq) else float("nan")
+    return checked
 
 
 def _readable_metadata(md: dict[str, str]) -> dict[str, Any]:
@@ -306,10 +308,12 @@ def format_report(r: LoraFileReport) -> str:
         f"size:          {r.size} bytes, {r.tensors} tensors",
         f"key format:    {r.key_format}",
         f"components:    {', '.join(f'{k}={v}' for k, v in r.components.items()) or '-'}",
-        f"architecture:  {r.architecture.get('family')} ({', '.join(f'{k}={v}' for k, v in r.architecture.items() if k != 'family')})",
+        f"architecture:  {r.architecture.get('family')} ({r.architecture.get('evidence', '-')})",
+        f"file shape:    {(r.architecture.get('file_shape') or {}).get('description', '-')}",
         f"ranks:         {r.ranks or '-'}",
         f"alphas:        {sorted({m.alpha for m in r.modules if m.alpha is not None}) or 'none in file'}"
         f" (source: {', '.join(sorted({m.alpha_source for m in r.modules})) or '-'})",
+        f"algorithm:     {', '.join(r.algorithms) or '-'}" + ("  (DoRA)" if any(m.dora for m in r.modules) else ""),
         f"delta norm:    total {r.total_delta_norm:.6g}" + ("  ALL ZERO: this LoRA changes nothing" if r.all_zero else ""),
         f"NaN/Inf:       {len(r.nonfinite_tensors)} tensor(s)" + (f": {r.nonfinite_tensors[:5]}" if r.nonfinite_tensors else ""),
     ]
@@ -326,5 +330,6 @@ def format_report(r: LoraFileReport) -> str:
         alpha = "-" if m.alpha is None else f"{m.alpha:g}"
         norm = "-" if m.delta_norm is None else f"{m.delta_norm:.4g}"
         flag = "  NaN/Inf" if m.nonfinite else ""
-        lines.append(f"  {m.name}  r={m.rank} alpha={alpha} norm={norm}{flag}")
+        algo = "" if m.algorithm == "lora" else f" [{m.algorithm}]"
+        lines.append(f"  {m.name}{algo}  r={m.rank} alpha={alpha} scale={m.scale:g} norm={norm}{flag}")
     return "\n".join(lines)

@@ -1,33 +1,42 @@
-"""The one path that loads a LoRA into a diffusers pipeline and proves it applied.
+"""The one path that loads a LoRA into a diffusers pipeline and proves it applied, by value.
 
-`load_and_verify` loads a `.safetensors` file (extension checked here, the tensors read by
-safetensors itself and handed to diffusers as a dict, so diffusers never opens a file and never
-falls back to a pickle) under a unique adapter name, makes it the only active adapter, then proves:
+`load_and_verify` reads the `.safetensors` file with our own parser (extension checked, pickles
+refused, never loaded) and learns what it defines module by module (lora/formats.py). Plain LoRA /
+LoCon files (kohya, PEFT/diffusers, native) go through diffusers' `load_lora_weights` by path, so the
+header's `lora_adapter_metadata` reaches diffusers as it does for a user; LyCORIS LoHa / LoKr files,
+which diffusers refuses, are carried by peft's own tuners (lora/inject.py). The adapter gets a unique
+name and is made the only active one, then:
 
 - it is in place and active (`get_list_adapters` / `get_active_adapters`), else RUNTIME.LORA_NOT_APPLIED;
-- every tensor of the file landed, counted with peft's own `get_peft_model_state_dict` against the
-  file after diffusers' format conversion (`lora_state_dict` on a copy: it empties kohya dicts in
-  place), else RUNTIME.LORA_PARTIAL listing what did not land;
+- by value (lora/verify.py): every module of the raw file is compared with what its peft layer now
+  applies (factors, scale, DoRA magnitude). A scale diffusers got wrong while the factors are right is
+  corrected (the layer's alpha set to the file's, recorded in `corrections`) and verified again;
+  whatever still differs (modules missing, DoRA magnitudes dropped, other weights) is
+  RUNTIME.LORA_PARTIAL saying what and how many: the LoRA arms still render, marked partial;
 - one denoiser forward on fixed latents changes with the adapter enabled vs disabled (the probe),
   else RUNTIME.LORA_NOT_APPLIED (unless the file's deltas are all zero: that is QUALITY.NO_LORA_EFFECT,
-  found by the file check).
+  found by the file check). The probe proves the computation changes; the by-value check proves it
+  changes by the right amount.
 
-A load that raises is RUNTIME.LORA_INCOMPATIBLE with the diffusers/peft message kept. After any
-failure the LoRA is unloaded and emptiness asserted (`unload`); if that fails, `PipelineDirty` tells
-the caller to discard the pipeline. LoRAs are never fused.
+A load that raises, or an algorithm no peft tuner carries, is RUNTIME.LORA_INCOMPATIBLE naming it.
+After any failure the LoRA is unloaded and emptiness asserted (`unload`); if that fails,
+`PipelineDirty` tells the caller to discard the pipeline. LoRAs are never fused.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lora_pipeline.findings import Finding
+from lora_pipeline.lora import formats, verify
+from lora_pipeline.lora.safetensors_file import LoraFileError, read_safetensors
 
 # Relative L2 change of the probe output below which "the adapter changes nothing" (after also
 # exceeding 10x the measured noise floor of two adapter-off forwards). See docs in load_and_verify.
@@ -42,6 +51,7 @@ class PipelineDirty(RuntimeError):
 class LoadOutcome:
     adapter_name: str
     applied: bool = False  # in place, the only active adapter, and changes the computation (or all-zero)
+    partial: bool = False  # applied, but some modules do not render as the file defines them
     findings: list[Finding] = field(default_factory=list)
     evidence: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -85,31 +95,44 @@ class _LogCapture(logging.Handler):
         self.lines.append(record.getMessage().splitlines()[0][:300])
 
 
-def _normalise(key: str) -> str:
-    """A file key after diffusers' conversion -> `<component>.<module>.lora_A|B.weight`."""
-    k = re.sub(r"\.processor\.(to_[qkv]|to_out)_lora\.(down|up)\.weight$",
-               lambda m: f".{m[1]}{'.0' if m[1] == 'to_out' else ''}.lora.{m[2]}.weight", key)
-    k = re.sub(r"\.lora(?:_linear_layer)?\.down\.weight$", ".lora_A.weight", k)
-    k = re.sub(r"\.lora(?:_linear_layer)?\.up\.weight$", ".lora_B.weight", k)
-    return k
+@contextmanager
+def _captured_diffusers_log() -> Iterator[_LogCapture]:
+    """diffusers' console lines go into the evidence instead of the console."""
+    capture = _LogCapture()
+    dlog = logging.getLogger("diffusers")
+    old_level, old_handlers = dlog.level, list(dlog.handlers)
+    for h in old_handlers:
+        dlog.removeHandler(h)
+    dlog.addHandler(capture)
+    dlog.setLevel(logging.WARNING)
+    try:
+        yield capture
+    finally:
+        dlog.removeHandler(capture)
+        for h in old_handlers:
+            dlog.addHandler(h)
+        dlog.setLevel(old_level)
 
 
-def _landed(pipe: Any, name: str) -> set[str]:
-    from peft.utils import get_peft_model_state_dict
-
-    keys: set[str] = set()
-    for comp in getattr(pipe, "_lora_loadable_modules", []):
-        model = getattr(pipe, comp, None)
-        if model is not None and name in getattr(model, "peft_config", {}):
-            keys.update(f"{comp}.{k}" for k in get_peft_model_state_dict(model, adapter_name=name))
-    return keys
+def _unrenderable(parsed: formats.ParsedFile) -> str | None:
+    """Why the file's algorithms cannot be rendered as one adapter, or None."""
+    algos = parsed.algorithms - {"incomplete"}
+    odd = sorted(algos - {"lora", "loha", "lokr"})
+    lycoris = sorted(algos & {"loha", "lokr"})
+    if odd:
+        first = next(m for m in parsed.modules if m.algorithm == odd[0])
+        return (f"LyCORIS algorithm {'/'.join(odd)} (e.g. layer {first.key}) has no peft tuner to render it with: "
+                "re-export the LoRA as LoRA/LoCon, LoHa or LoKr, or evaluate it in a tool that implements it")
+    if len(lycoris) > 1 or (lycoris and "lora" in algos):
+        return (f"the file mixes algorithms ({', '.join(sorted(algos))}) in one network: one adapter carries one "
+                "algorithm; split the file per algorithm")
+    return None
 
 
 def load_and_verify(pipe: Any, path: str | Path, adapter_name: str, scale: float, subject: str,
                     all_zero: bool = False, dtype_name: str = "float32") -> LoadOutcome:
     """Load, activate and verify; on any failure the pipeline is returned to base (or PipelineDirty)."""
-    import torch
-    from safetensors.torch import load_file
+    from lora_pipeline.lora.inject import inject_lycoris
 
     p = Path(path)
     if p.suffix.lower() != ".safetensors":
@@ -118,38 +141,48 @@ def load_and_verify(pipe: Any, path: str | Path, adapter_name: str, scale: float
     if adapters_in_place(pipe) or _tuner_layers_left(pipe):
         unload(pipe)  # a leftover from someone else: never evaluate on top of it
     t0 = time.perf_counter()
-    sd = load_file(str(p))
-    capture = _LogCapture()
-    dlog = logging.getLogger("diffusers")
-    old_level, old_handlers = dlog.level, list(dlog.handlers)
-    for h in old_handlers:  # keep diffusers' own console handler quiet: the lines go into the evidence
-        dlog.removeHandler(h)
-    dlog.addHandler(capture)
-    dlog.setLevel(logging.WARNING)
     try:
-        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
-            warnings.simplefilter("always")
-            converted, _alphas = pipe.lora_state_dict(dict(sd))[:2]
-            file_keys = {_normalise(k) for k in converted}
-            pipe.load_lora_weights(dict(sd), adapter_name=adapter_name)
-    except Exception as e:  # noqa: BLE001 - the message is the evidence
-        out.timings["lora_load_s"] = time.perf_counter() - t0
-        out.findings.append(Finding("RUNTIME.LORA_INCOMPATIBLE", subject,
-                                    f"Loading the LoRA raised {type(e).__name__}: {str(e).splitlines()[0][:300]}",
-                                    {"error": type(e).__name__, "message": str(e)[:2000],
-                                     "logged": capture.lines[:10]}))
-        unload(pipe)
+        sf = read_safetensors(p)
+    except LoraFileError as e:
+        out.findings.append(Finding("RUNTIME.LORA_INVALID", subject, str(e), {"path": str(p)}))
         return out
-    finally:
-        dlog.removeHandler(capture)
-        for h in old_handlers:
-            dlog.addHandler(h)
-        dlog.setLevel(old_level)
+    parsed = formats.parse(sf)
+    out.evidence.update(file_tensors=len(sf.keys()), key_format=parsed.key_format,
+                        algorithms=sorted(parsed.algorithms))
+    why = _unrenderable(parsed)
+    if why:
+        out.findings.append(Finding("RUNTIME.LORA_INCOMPATIBLE", subject, f"The file cannot be rendered: {why}.",
+                                    {**out.evidence, "error": "UnsupportedAlgorithm"}))
+        return out
+    lycoris = bool(parsed.algorithms & {"loha", "lokr"})
+    with _captured_diffusers_log() as capture, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            import torch
+
+            with torch.no_grad():
+                if lycoris:
+                    inject_lycoris(pipe, sf, parsed, verify.locate(pipe, parsed), adapter_name)
+                else:
+                    # By path, so diffusers reads the header's lora_adapter_metadata (alpha, patterns)
+                    # as it does for a user; use_safetensors=True with a .safetensors name never unpickles.
+                    pipe.load_lora_weights(str(p.parent), weight_name=p.name, adapter_name=adapter_name,
+                                           use_safetensors=True)
+        except Exception as e:  # noqa: BLE001 - the message is the evidence
+            out.timings["lora_load_s"] = time.perf_counter() - t0
+            what = f"{'/'.join(sorted(parsed.algorithms & {'loha', 'lokr'}))} " if lycoris else ""
+            out.findings.append(Finding("RUNTIME.LORA_INCOMPATIBLE", subject,
+                                        f"Loading the {what}LoRA raised {type(e).__name__}: "
+                                        f"{str(e).splitlines()[0][:300]}",
+                                        {**out.evidence, "error": type(e).__name__, "message": str(e)[:2000],
+                                         "logged": capture.lines[:10]}))
+            unload(pipe)
+            return out
+    logged = capture.lines + [str(w.message).splitlines()[0][:300] for w in caught]
     out.timings["lora_load_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     try:
-        _verify(pipe, out, file_keys, scale, subject, all_zero, dtype_name,
-                capture.lines + [str(w.message).splitlines()[0][:300] for w in caught])
+        _verify(pipe, out, sf, parsed, scale, subject, all_zero, dtype_name, logged)
     except Exception:
         unload(pipe)
         raise
@@ -159,21 +192,65 @@ def load_and_verify(pipe: Any, path: str | Path, adapter_name: str, scale: float
     return out
 
 
-def _verify(pipe: Any, out: LoadOutcome, file_keys: set[str], scale: float, subject: str, all_zero: bool,
-            dtype_name: str, logged: list[str]) -> None:
+def _tensor_counts(parsed: formats.ParsedFile, bv: verify.ByValue) -> tuple[int, list[str]]:
+    """Tensors of the raw file that render as the file defines them, and the keys of those that do not."""
+    by_key = {m.key: m for m in parsed.modules}
+    landed, not_landed = 0, list(parsed.unmatched)
+    for c in bv.checks:
+        fm = by_key[c.key]
+        if c.status == "ok":
+            landed += fm.tensors
+        elif c.status == "dora_lost":
+            landed += fm.tensors - 1
+            not_landed.append(fm.parts["magnitude"])
+        else:
+            not_landed.extend(sorted(fm.parts.values()))
+    return landed, not_landed
+
+
+def _defines(parsed: formats.ParsedFile) -> dict[str, Any]:
+    """The ranks, alphas and scales the file defines (what the renders must apply)."""
+    mods = [m for m in parsed.modules if m.algorithm in ("lora", "loha", "lokr")]
+    return {"ranks": sorted({m.rank for m in mods if m.rank is not None}),
+            "alphas": sorted({round(m.alpha, 6) for m in mods if m.alpha is not None}),
+            "scales": sorted({round(m.scale, 6) for m in mods}),
+            "alpha_sources": sorted({m.alpha_source for m in mods})}
+
+
+def _partial_message(bv: verify.ByValue, n_modules: int) -> str:
+    counts = {s: len(bv.with_status(s)) for s in ("missing", "not_applied", "differs", "scale", "dora_lost")}
+    parts = []
+    if counts["missing"]:
+        parts.append(f"{counts['missing']} name no module of this base model")
+    if counts["not_applied"]:
+        parts.append(f"{counts['not_applied']} did not land in the model")
+    if counts["differs"]:
+        parts.append(f"{counts['differs']} landed with other weights than the file's")
+    if counts["scale"]:
+        parts.append(f"{counts['scale']} landed at another scale than the file's alpha/rank")
+    if counts["dora_lost"]:
+        parts.append(f"{counts['dora_lost']} lost their DoRA magnitude (diffusers drops `dora_scale`): they render "
+                     "as a plain LoRA")
+    if bv.extra:
+        parts.append(f"{len(bv.extra)} adapter layers were changed that the file does not define")
+    bad = sum(counts.values())
+    return (f"{bad} of {n_modules} modules do not render as the file defines them: " + "; ".join(parts) + ". "
+            "The LoRA arms are rendered anyway and marked partial: they show what this runtime applies, "
+            "not the LoRA as trained.")
+
+
+def _verify(pipe: Any, out: LoadOutcome, sf: Any, parsed: formats.ParsedFile, scale: float, subject: str,
+            all_zero: bool, dtype_name: str, logged: list[str]) -> None:
     name = out.adapter_name
-    in_place = adapters_in_place(pipe)
-    landed = _landed(pipe, name) if any(name in v for v in in_place.values()) else set()
-    unused = sorted(file_keys - landed)
     ev = out.evidence
-    ev.update(file_tensors=len(file_keys), loaded_tensors=len(landed), unused_keys=len(unused),
-              components={c: len([k for k in landed if k.startswith(c + ".")]) for c in in_place},
-              logged=logged[:10])
-    if not landed:
+    in_place = adapters_in_place(pipe)
+    ev.update(components={c: 0 for c in in_place if name in in_place[c]}, logged=logged[:10])
+    if not any(name in v for v in in_place.values()):
+        ev.update(loaded_tensors=0, unused_keys=ev["file_tensors"])
         out.findings.append(Finding("RUNTIME.LORA_NOT_APPLIED", subject,
-                                    f"No tensor of the file landed in the model ({len(file_keys)} unused): "
+                                    f"No tensor of the file landed in the model ({ev['file_tensors']} unused): "
                                     "the renders would show the base model.",
-                                    {**ev, "unused_sample": unused[:20], "adapters": in_place}))
+                                    {**ev, "unused_sample": sorted(sf.keys())[:20], "adapters": in_place}))
         return
     pipe.set_adapters([name], adapter_weights=[scale])
     active = list(pipe.get_active_adapters())
@@ -182,14 +259,37 @@ def _verify(pipe: Any, out: LoadOutcome, file_keys: set[str], scale: float, subj
         out.findings.append(Finding("RUNTIME.LORA_NOT_APPLIED", subject,
                                     f"Another adapter is active ({active}), not only {name}.", dict(ev)))
         return
+    bv = verify.verify(pipe, sf, parsed, name, scale, dtype_name)
+    corrections = []
+    if bv.with_status("scale"):
+        fixed = verify.correct_scales(pipe, bv.checks, parsed, name, scale)
+        if fixed:
+            corrections.append({"kind": "scale", "modules": len(fixed), "sample": fixed[:10],
+                                "why": "the factors landed right but the layer's scale differed from the file's "
+                                       "alpha/rank (e.g. diffusers' alpha_pattern keys that match no module); "
+                                       "the layer's alpha was set to the file's and verified again"})
+            bv = verify.verify(pipe, sf, parsed, name, scale, dtype_name)
+    landed, not_landed = _tensor_counts(parsed, bv)
+    for c in bv.checks:
+        if c.target and c.status != "missing":
+            comp = c.target.split(".", 1)[0]
+            ev["components"][comp] = ev["components"].get(comp, 0) + 1
+    ev.update(loaded_tensors=landed, unused_keys=len(not_landed), by_value=bv.evidence(),
+              corrections=corrections, file_defines=_defines(parsed))
     unet_like = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     cfg = getattr(getattr(unet_like, "peft_config", {}), "get", lambda _k: None)(name)
     if cfg is not None:
-        ev.update(peft_rank=cfg.r, peft_alpha=cfg.lora_alpha, peft_alpha_pattern=dict(cfg.alpha_pattern or {}))
-    if unused:
-        out.findings.append(Finding("RUNTIME.LORA_PARTIAL", subject,
-                                    f"{len(unused)} of {len(file_keys)} tensors in the file did not land in the model.",
-                                    {**ev, "not_landed": unused[:50]}))
+        ev.update(peft_rank=cfg.r, peft_alpha=getattr(cfg, "lora_alpha", getattr(cfg, "alpha", None)))
+    if not bv.with_status("ok", "scale", "differs", "dora_lost"):
+        out.findings.append(Finding("RUNTIME.LORA_NOT_APPLIED", subject,
+                                    f"No module of the file landed in the model ({len(not_landed)} tensors unused): "
+                                    "the renders would show the base model.", {**ev, "not_landed": not_landed[:50]}))
+        return
+    bad = [c for c in bv.checks if c.status != "ok"]
+    if bad or bv.extra:
+        out.partial = True
+        out.findings.append(Finding("RUNTIME.LORA_PARTIAL", subject, _partial_message(bv, len(bv.checks)),
+                                    {**ev, "not_landed": not_landed[:50]}))
     probe = probe_delta(pipe, name)
     ev.update(probe)
     rel, floor = probe.get("probe_rel_delta"), probe.get("probe_noise_floor", 0.0)
@@ -198,7 +298,7 @@ def _verify(pipe: Any, out: LoadOutcome, file_keys: set[str], scale: float, subj
                                     "The adapter is loaded but a forward with it enabled equals one with it "
                                     "disabled, while the file's weights are non-zero.", dict(ev)))
         return
-    out.applied = not unused
+    out.applied = True
 
 
 def probe_delta(pipe: Any, name: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from typing import Any
 from lora_pipeline.fsutil import atomic_write_bytes, atomic_write_json
 
 CACHE_DIR = "render-cache"
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: the LoRA verified by value (`applied`); v1 renders of native files had half their alpha
 RENDERS: Counter[str] = Counter()  # arm (or "determinism") -> renders actually done in this process
 HITS: Counter[str] = Counter()  # arm -> renders reused from the cache in this process
 
@@ -48,7 +48,8 @@ def key_fields(*, base_sha256: str, lora: dict[str, Any] | None, prompt: str, ne
                device: str, memory_settings: dict[str, Any], library_versions: dict[str, str]) -> dict[str, Any]:
     versions = {k: v for k, v in library_versions.items() if k != "lora_pipeline"}
     return {"key_version": KEY_VERSION, "base_sha256": base_sha256,
-            "lora": None if lora is None else {"sha256": lora["sha256"], "scale": float(lora["scale"])},
+            "lora": None if lora is None else {"sha256": lora["sha256"], "scale": float(lora["scale"]),
+                                               "applied": lora.get("applied")},
             "prompt": prompt, "negative_prompt": negative_prompt, "seed": int(seed), "width": int(width),
             "height": int(height), "steps": int(steps), "guidance_scale": float(guidance_scale),
             "scheduler": scheduler, "dtype": dtype, "device_type": device.split(":")[0], "generator": "cpu",

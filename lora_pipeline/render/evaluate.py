@@ -126,6 +126,7 @@ class _Evaluation:
         self.findings += base_findings
         file_findings, report = contract.check_lora_file(inp.checkpoint.path, inp.facts, self.subject)
         self.findings += file_findings
+        self.findings += contract.check_lora_family(report, self.base_identity, self.subject)
         self.findings += contract.check_resolution(inp.spec, inp.facts, self.subject)
         self.report = report
         if report is not None:
@@ -233,6 +234,10 @@ class _Evaluation:
         if not outcome.applied:
             self._skip(LORA_ARMS, "LoRA contract failed: " + ", ".join(sorted({f.code for f in outcome.findings})))
             return
+        bv = outcome.evidence.get("by_value") or {}
+        self.lora_facts.update(applied="partial" if outcome.partial else "as_file",
+                               modules_as_file=f"{(bv.get('statuses') or {}).get('ok', 0)}/{bv.get('modules_in_file')}",
+                               **{f"file_{k}": v for k, v in (outcome.evidence.get("file_defines") or {}).items()})
         try:
             self._render_arm_set(LORA_ARMS, self.lora_facts)
         finally:

@@ -8,7 +8,7 @@ over the flattened manifest rows); a missing fact -> PROVENANCE.INCOMPLETE.
 Manifest shape (schema_version 1):
     {schema_version, run_id, checkpoint_id, arm (the model mode), prompt_index, prompt_template,
      base_model {name, path, sha256, architecture}, lora null | {path, sha256, adapter_name, scale,
-     alpha_source}, trigger, prompt, negative_prompt, token_counts {prompt: {tokenizer: n},
+     alpha_source, applied (as_file | partial)}, trigger, prompt, negative_prompt, token_counts {prompt: {tokenizer: n},
      negative_prompt: {...}}, seed, width, height, steps, guidance_scale, scheduler, dtype, device,
      generator ("cpu"), memory_settings, library_versions, phase_timings {pipeline_load_s,
      pipeline_load (cold|warm), lora_load_s, lora_verify_s, encode_s, denoise_s, step_s[], decode_s},

@@ -62,10 +62,21 @@ def test_sd1_lora_on_sdxl_base_is_incompatible(toy_base, toy_sdxl_base, run_eval
 def test_partial_key_overlap_lists_what_did_not_land(clean_loras, run_eval, lora_maker, tmp_path):
     f = lora_maker(clean_loras["base"], tmp_path / "deeper.safetensors", unet_overrides={"layers_per_block": 2})
     r = run_eval(clean_loras["base"], clean_loras["arch"], f, tmp_path / "out")
-    _assert_base_only(r, "RUNTIME.LORA_PARTIAL")
-    ev = next(x for x in r.findings if x.code == "RUNTIME.LORA_PARTIAL").evidence
+    partial = next(x for x in r.findings if x.code == "RUNTIME.LORA_PARTIAL")
+    ev = partial.evidence
     assert 0 < ev["loaded_tensors"] < ev["file_tensors"]
     assert ev["unused_keys"] == ev["file_tensors"] - ev["loaded_tensors"] and ev["not_landed"]
+    missing = ev["by_value"]["statuses"]["missing"]
+    assert missing > 0 and f"{missing} name no module of this base model" in partial.message
+    # Still rendered, so the user sees what the runtime applies, and marked partial everywhere.
+    assert {x["arm"] for x in r.renders} == {"base", "lora_no_trigger", "lora_trigger"}
+    assert r.verdict == "evaluation_invalid"
+    assert r.document["provenance"]["lora"]["applied"] == "partial"
+    import json
+
+    side = json.loads((tmp_path / "out" / r.renders[-1]["manifest"]).read_text())
+    assert side["lora"]["applied"] == "partial"
+    _assert_no_adapter()
 
 
 def test_zero_weight_lora_is_no_lora_effect(clean_loras, run_eval, lora_maker, tmp_path):
