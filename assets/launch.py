@@ -5,7 +5,8 @@ the instance the UI reads (CONTRACT section 6: `lora-pipeline evaluate`, and `de
 
 In order, each stage in its own in-process Dagster run(s) against `<workspace>/.dagster`:
 1. `dataset_source` observed, then `dataset_snapshot[<dataset>]` where missing or stale;
-2. runs and checkpoints discovered (complete files only), their dynamic partitions added;
+2. runs and checkpoints discovered (complete files only: young files get one short re-check, as
+   there is no next tick; those still changing are left out and listed), dynamic partitions added;
 3. `training_run[<run>]` per selected run;
 4. per checkpoint partition, every asset partitioned by CHECKPOINTS (lora_checkpoint, eval_renders, and
    whatever else joins that partitions definition, e.g. checkpoint reports), in graph order;
@@ -31,6 +32,7 @@ import dagster as dg
 
 from assets.partitions import CHECKPOINTS, TRAINING_RUNS
 from lora_pipeline.config import Config
+from lora_pipeline.training.settle import TRUNCATED, Left
 
 Progress = Callable[[int, int, str], None]  # (done, total, label of what just finished)
 LAUNCH_TAG = "lora_pipeline/launcher"
@@ -59,6 +61,8 @@ class LaunchSummary:
     seconds: float = 0.0
     base_loads: int = 0  # base pipelines loaded in this process during the launch
     renders: int = 0  # images actually rendered (not reused from the render cache)
+    left: list[Left] = field(default_factory=list)  # checkpoint files not evaluated: still being written
+    pickup_seconds: int = 0  # the sensor counts a file that stopped changing within this long
 
     def _of(self, status: str) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == status]
@@ -76,11 +80,21 @@ class LaunchSummary:
         return self._of("up_to_date")
 
     def lines(self) -> list[str]:
-        out = [f"{len(self.runs)} run(s), {len(self.checkpoints)} checkpoint(s): {len(self.materialized)} "
+        writing = sum(lf.why != TRUNCATED for lf in self.left)
+        left = f", {writing} left as possibly still being written" if writing else ""
+        left += f", {len(self.left) - writing} truncated" if len(self.left) > writing else ""
+        out = [f"{len(self.runs)} run(s), {len(self.checkpoints)} checkpoint(s){left}: {len(self.materialized)} "
                f"materialized, {len(self.up_to_date)} up to date, {len(self.failed)} failed; {self.renders} "
                f"render(s), {self.base_loads} base load(s), {self.seconds:.1f}s (instance {self.dagster_home})"]
         out += [f"FAILED {o.asset}[{o.partition}]: {o.reason}" for o in self.failed]
+        out += [f"LEFT {lf.line()}; {self._when(lf)}" for lf in self.left]
         return out
+
+    def _when(self, lf: Left) -> str:
+        if lf.why == TRUNCATED:
+            return "it will not count as it is (the run's findings report it as RUNTIME.LORA_INVALID)"
+        return (f"re-run `lora-pipeline evaluate` once it stops changing; the sensor picks it up within "
+                f"{self.pickup_seconds} s of its last change")
 
 
 def _partitions_name(graph, key: dg.AssetKey) -> str | None:
@@ -259,14 +273,24 @@ def _datasets(launch: _Launch) -> None:
             launch.execute([SNAPSHOT_KEY], name, f"dataset {name}")
 
 
+def pickup_seconds(config: Config) -> int:
+    """The longest a file that stopped changing waits for the sensor: stable over two ticks, or
+    settled and seen on the next tick, whichever comes first."""
+    from assets.training import SENSOR_INTERVAL_S
+
+    return int(min(2 * SENSOR_INTERVAL_S, config.checks.checkpoint_settle_seconds + SENSOR_INTERVAL_S))
+
+
 def materialize(config: Config, run_ids: Iterable[str] = (), checkpoint_ids: Iterable[str] = (),
                 include_all: bool = False, progress: Progress | None = None,
-                instance: dg.DagsterInstance | None = None) -> LaunchSummary:
-    """Discover, add partitions and materialize what is missing or stale (module docstring)."""
+                instance: dg.DagsterInstance | None = None,
+                sleep: Callable[[float], None] = time.sleep) -> LaunchSummary:
+    """Discover, add partitions and materialize what is missing or stale (module docstring).
+    `sleep` waits out the settle re-check (`checks.checkpoint_recheck_seconds`)."""
     from lora_pipeline.instance import prepare_dagster_home
     from lora_pipeline.render import cache
     from lora_pipeline.render.pipeline import BASE_LOADS
-    from lora_pipeline.training.scan import scan_runs
+    from lora_pipeline.training.scan import scan_runs_rechecked
 
     t0 = time.perf_counter()
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -286,8 +310,10 @@ def materialize(config: Config, run_ids: Iterable[str] = (), checkpoint_ids: Ite
     loads0, renders0 = BASE_LOADS["count"], cache.renders_done()
     try:
         launch = _Launch(config, instance, include_all, progress)
-        scans, ckpts = _select(scan_runs(config), tuple(run_ids), tuple(checkpoint_ids))
+        run_ids = tuple(run_ids)
+        scans, ckpts = _select(scan_runs_rechecked(config, run_ids, sleep), run_ids, tuple(checkpoint_ids))
         runs = [s.run_id for s in scans]
+        left = [lf for s in scans for lf in s.left]
         launch.total = len(config.datasets) + len(runs) * (1 + bool(launch.run_keys)) + len(ckpts)
         _datasets(launch)
         new_runs = [r for r in runs if not instance.has_dynamic_partition(TRAINING_RUNS.name, r)]
@@ -325,4 +351,4 @@ def materialize(config: Config, run_ids: Iterable[str] = (), checkpoint_ids: Ite
             instance.dispose()
     return LaunchSummary(dagster_home=home, outcomes=launch.outcomes, checkpoints=ckpts, runs=runs,
                          seconds=time.perf_counter() - t0, base_loads=BASE_LOADS["count"] - loads0,
-                         renders=cache.renders_done() - renders0)
+                         renders=cache.renders_done() - renders0, left=left, pickup_seconds=pickup_seconds(config))

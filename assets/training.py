@@ -38,6 +38,7 @@ CHECKPOINT_JOB = "checkpoint_job"
 _RUN_KEY_TAG = "dagster/run_key"
 # Assets partitioned by run that sit downstream of lora_checkpoint carry this tag (assets/reports.py).
 RUN_PARTITIONED_TAG = ("lora_pipeline/partitioned_by", "training_runs")
+SENSOR_INTERVAL_S = 30  # also tells `evaluate` users how soon the sensor picks up a file left out
 
 
 def _findings_table(findings: list[Finding]) -> dg.MetadataValue:
@@ -164,7 +165,7 @@ def _build_jobs():
 
 
 def build_sensor(config: Config, run_job, checkpoint_job) -> dg.SensorDefinition:
-    @dg.sensor(name="training_runs_sensor", jobs=[run_job, checkpoint_job], minimum_interval_seconds=30,
+    @dg.sensor(name="training_runs_sensor", jobs=[run_job, checkpoint_job], minimum_interval_seconds=SENSOR_INTERVAL_S,
                default_status=dg.DefaultSensorStatus.RUNNING,
                description="Adds a partition per run folder and per complete checkpoint file; requests "
                            "ingestion/evaluation once per content (run key from the checkpoint sha256).")

@@ -87,6 +87,7 @@ class ChecksConfig(_Strict):
     overtrain_steps_per_image: float = Field(150.0, gt=0)  # training half of OVERTRAINING_SUSPECTED
     overtrain_norm_growth: float = Field(1.25, gt=1)  # ... with delta norms still growing by this factor
     checkpoint_settle_seconds: float = Field(60.0, ge=0)  # unchanged this long = written completely
+    checkpoint_recheck_seconds: float = Field(1.5, ge=0)  # `evaluate`: young files unchanged over this = complete
     # Quality signals (issue 6; docs/quality.md). Defaults = lora_pipeline.quality.DEFAULTS.
     quality_min_lora_effect: float = Field(0.01, ge=0)  # mean |base - lora_trigger| in 0..1
     quality_min_trigger_effect: float = Field(0.01, ge=0)  # mean |lora_no_trigger - lora_trigger| in 0..1

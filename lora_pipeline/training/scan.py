@@ -5,22 +5,26 @@ A checkpoint file is complete when its safetensors header parses and the file en
 says (`header_complete`) AND one of: the trainer declares it (listed in its run file, or it is the
 trainer's final file / the run is finished), its size and mtime equal the previous observation
 (size stable across ticks; observations live in the run's file index), or it has not changed for
-`checks.checkpoint_settle_seconds`. A half-written file is never complete.
+`checks.checkpoint_settle_seconds`. A half-written file is never complete. A one-shot command
+(`scan_runs_rechecked`) replaces "across ticks" with one short re-check inside the command.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lora_pipeline.config import Config
 from lora_pipeline.storage import run_id_for
 from lora_pipeline.training.checkpoints import FileIndex, header_complete
+from lora_pipeline.training.common import Candidate, ParsedRun
 from lora_pipeline.training.formats import FORMATS, detect_format
 from lora_pipeline.training.ingest import _checkpoints, _read_candidates, discover_run_folders, index_path
 from lora_pipeline.training.record import RunRecord
+from lora_pipeline.training.settle import Left, Pending, pending_of, recheck
 
 
 @dataclass
@@ -41,6 +45,7 @@ class RunScan:
     fingerprint: str
     checkpoints: list[ReadyCheckpoint] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)  # files not (yet) complete
+    left: list[Left] = field(default_factory=list)  # after a re-check: the waiting files, with why
 
     @property
     def run_key(self) -> str:
@@ -75,13 +80,24 @@ def fingerprint_of(record: RunRecord) -> str:
                                                                                  record.config_files))
 
 
-def scan_run(folder: Path, config: Config, now: float | None = None) -> RunScan:
-    now = time.time() if now is None else now
+@dataclass
+class _Look:
+    """One run folder after the first look: what is ready, what is pending, and the open file index."""
+
+    folder: Path
+    run_id: str
+    parsed: ParsedRun
+    index: FileIndex
+    ready: list[Candidate]
+    pending: list[tuple[Candidate, Pending]]
+
+
+def _look(folder: Path, config: Config, now: float) -> _Look:
     folder = folder.resolve()
     run_id = run_id_for(folder.name)
     parsed = FORMATS[detect_format(folder)].parse(folder)
     index = FileIndex(index_path(config.storage, run_id))
-    ready, waiting = [], []
+    ready, pending = [], []
     for cand in parsed.candidates:
         rel = cand.path.relative_to(folder).as_posix()
         try:
@@ -94,17 +110,51 @@ def scan_run(folder: Path, config: Config, now: float | None = None) -> RunScan:
         if header_complete(cand.path) and (declared or stable or settled):
             ready.append(cand)
         else:
-            waiting.append(rel)
-    parsed.candidates = ready
-    scratch = RunRecord(run_id=run_id, folder=str(folder), format=parsed.format)
-    read = _read_candidates(parsed, folder, scratch, index, config, now)
-    index.save()
+            pending.append((cand, pending_of(run_id, cand.path, rel, st)))
+    return _Look(folder, run_id, parsed, index, ready, pending)
+
+
+def _finish(look: _Look, config: Config, now: float) -> RunScan:
+    parsed, folder = look.parsed, look.folder
+    parsed.candidates = look.ready
+    scratch = RunRecord(run_id=look.run_id, folder=str(folder), format=parsed.format)
+    read = _read_candidates(parsed, folder, scratch, look.index, config, now)
+    look.index.save()
     _checkpoints(read, scratch)
-    scan = RunScan(run_id, folder, run_fingerprint([c.sha256 for c in scratch.checkpoints],
-                                                   config_stats(folder, parsed.config_files)), waiting=waiting)
+    scan = RunScan(look.run_id, folder, run_fingerprint([c.sha256 for c in scratch.checkpoints],
+                                                        config_stats(folder, parsed.config_files)),
+                   waiting=[p.rel for _c, p in look.pending])
     scan.checkpoints = [ReadyCheckpoint(c.checkpoint_id, c.partition_key, c.sha256) for c in scratch.checkpoints]
     return scan
 
 
+def scan_run(folder: Path, config: Config, now: float | None = None) -> RunScan:
+    now = time.time() if now is None else now
+    return _finish(_look(folder, config, now), config, now)
+
+
 def scan_runs(config: Config, now: float | None = None) -> list[RunScan]:
     return [scan_run(p, config, now) for p in discover_run_folders(config)]
+
+
+def scan_runs_rechecked(config: Config, run_ids: Collection[str] = (),
+                        sleep: Callable[[float], None] = time.sleep) -> list[RunScan]:
+    """`scan_runs` for a one-shot command, which has no next tick: pending files of the runs in
+    `run_ids` (all when empty) get one short re-check together (lora_pipeline.training.settle);
+    those that held count as complete, the others are in `RunScan.left` with the reason."""
+    now = time.time()
+    looks = [_look(p, config, now) for p in discover_run_folders(config)]
+    chosen = [lk for lk in looks if not run_ids or lk.run_id in run_ids]
+    pending = [p for lk in chosen for _c, p in lk.pending]
+    done, left = recheck(pending, config.checks.checkpoint_recheck_seconds,
+                         config.checks.checkpoint_settle_seconds, sleep) if pending else ([], [])
+    held = {id(p) for p in done}
+    for lk in chosen:
+        for cand, p in lk.pending:
+            if id(p) in held:  # the index already holds this size+mtime: the sensor agrees next tick
+                lk.ready.append(cand)
+        lk.pending = [(c, p) for c, p in lk.pending if id(p) not in held]
+    scans = [_finish(lk, config, time.time()) for lk in looks]
+    for s in scans:
+        s.left = [lf for lf in left if lf.run_id == s.run_id]
+    return scans
