@@ -226,7 +226,13 @@ def _alpha_over_rank(m: FileModule, alpha: float | None) -> None:
 
 def _peft_config_for(meta: dict[str, Any], component: str, path: str) -> dict[str, Any] | None:
     """lora_alpha (after alpha_pattern) and rslora/dora flags of the header's config for a module."""
-    prefix = f"{component}." if any(k.startswith(f"{component}.") for k in meta) else ""
+    prefixes = {k.split(".", 1)[0] + "." for k in meta if "." in k}
+    if any(k.startswith(f"{component}.") for k in meta):
+        prefix = f"{component}."
+    elif component == "other" and len(prefixes) == 1:  # keys under an unknown prefix: the one config there is
+        prefix = next(iter(prefixes))
+    else:
+        prefix = ""
     get = meta.get
     if f"{prefix}lora_alpha" not in meta and f"{prefix}r" not in meta:
         return None

@@ -58,6 +58,7 @@ def provenance_html(doc: dict[str, Any]) -> str:
         ("base model sha256", f"<code>{esc(b.get('sha256'))}</code>"),
         ("LoRA path", esc(lora.get("path"))), ("LoRA sha256", f"<code>{esc(lora.get('sha256'))}</code>"),
         ("LoRA scale / alpha source", esc(f"{lora.get('scale')} / {lora.get('alpha_source')}")),
+        ("LoRA as applied", esc(_as_applied(lora))),
         ("trigger", f"<code>{esc(p.get('trigger'))}</code>"),
         ("prompts", "<br>".join(esc(x) for x in ev.get("prompts") or [])),
         ("negative prompt", esc(ev.get("negative_prompt"))), ("seeds", esc(ev.get("seeds"))),
@@ -112,3 +113,13 @@ def render_checkpoint_html(doc: dict[str, Any], storage: Storage, page_dir: Path
     ]
     return page(f"{doc['run_id']} / {doc['checkpoint_id']}", doc["verdict"],
                 f"{doc['run_id']} {doc['checkpoint_id']}", "".join(body))
+
+
+def _as_applied(lora: dict) -> str:
+    """What the renders applied, verified by value against the file (lora/verify.py)."""
+    if not lora.get("applied"):
+        return "not rendered with the LoRA"
+    how = "as the file defines it" if lora["applied"] == "as_file" else "PARTIAL: not as the file defines it"
+    return (f"{how} ({lora.get('modules_as_file')} modules by value); rank {lora.get('file_ranks')}, "
+            f"alpha {lora.get('file_alphas')} ({', '.join(lora.get('file_alpha_sources') or [])}), "
+            f"scale alpha/rank {lora.get('file_scales')} x strength {lora.get('scale')}")
