@@ -49,20 +49,31 @@ CATALOGUE: dict[str, CodeInfo] = {
            "The base model the run declares cannot be found or matched to a configured base model.",
            "Add the base model to `base_models` in the config (by name, path or hash) on the worker that renders."),
         _c("RUNTIME.BASE_MODEL_MISMATCH", "error",
-           "The evaluated base model differs from the run's declared base by name, hash or architecture.",
+           "The evaluated base model differs from the run's declared base by name, hash or architecture, or "
+           "the LoRA file is for another model family (SD1/SD2/SDXL/SD3/FLUX.1/FLUX.2) than the base.",
            "Evaluate on the exact base the LoRA was trained on; fix the run's base reference or the config entry."),
         _c("RUNTIME.LORA_MISSING", "error",
            "The LoRA file is not visible to the worker that renders.",
            "Check the path from the worker's point of view (mounts, permissions, relative paths)."),
         _c("RUNTIME.LORA_INVALID", "error",
-           "The LoRA file is unreadable, not safetensors (pickles are refused), truncated or holds NaN/Inf.",
-           "Re-export the checkpoint as .safetensors from the trainer; discard checkpoints with NaN/Inf weights."),
+           "The LoRA file is unreadable, not safetensors (pickles are refused), truncated, holds NaN/Inf, or "
+           "is not a LoRA (a full model checkpoint, alpha tensors only); the message says which.",
+           "Point the run at the LoRA .safetensors file (a full model belongs under base_models); re-export a "
+           "damaged or incomplete one from the trainer; discard checkpoints with NaN/Inf weights."),
         _c("RUNTIME.LORA_INCOMPATIBLE", "error",
-           "The LoRA's keys or shapes do not fit the base model; loading raised.",
-           "Use the base architecture the LoRA was trained for, or convert the file to the right key format."),
+           "The LoRA's keys or shapes do not fit the base model (loading raised), its LoRA pairs sit under "
+           "a key prefix no loader knows, its LyCORIS modules name layers the base does not have, or it uses "
+           "a LyCORIS algorithm no peft tuner carries (IA3, OFT, BOFT, GLoRA, full/diff, norm); the message "
+           "names the algorithm and layer.",
+           "Use the base architecture the LoRA was trained for, or convert the file to the right key format "
+           "(strip an unknown key prefix); re-export an unsupported LyCORIS algorithm as LoRA/LoCon, LoHa or "
+           "LoKr."),
         _c("RUNTIME.LORA_PARTIAL", "error",
-           "Part of the LoRA file was not applied to the model (tensors that did not land are listed).",
-           "Check the key prefixes and the base variant; a partial load silently weakens the LoRA."),
+           "Verified by value, part of the LoRA file does not render as the file defines it: modules that "
+           "name no module of the base, did not land, landed with other weights or scale, or lost their DoRA "
+           "magnitude. The LoRA arms are still rendered and marked `applied: partial`.",
+           "Check the key prefixes and the base variant; for DoRA files use a runtime that applies "
+           "`dora_scale`; until then the renders show a weaker or different LoRA than the one trained."),
         _c("RUNTIME.LORA_NOT_APPLIED", "error",
            "The LoRA was loaded but does not change the computation, or another adapter is active.",
            "Check key prefixes and adapter activation; renders from this path do not test the LoRA."),

@@ -10,7 +10,6 @@ import ctypes
 import glob
 import json
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -110,24 +109,6 @@ def _num(s: str) -> float | int | None:
     except (TypeError, ValueError):
         return None
     return int(f) if f.is_integer() else f
-
-
-def infer_architecture(modules: list[ModuleInfo], keys: list[str]) -> dict[str, Any]:
-    """Likely base family from key names and cross-attention widths."""
-    joined = "\n".join(keys)
-    if re.search(r"(single_transformer_blocks|double_blocks|single_blocks|transformer_blocks\.\d+\.ff_context)", joined):
-        return {"family": "flux", "evidence": "FLUX transformer block names"}
-    if re.search(r"(lora_te2_|text_encoder_2\.|input_blocks_\d+_1_transformer_blocks_[1-9])", joined):
-        return {"family": "sdxl", "evidence": "second text encoder or SDXL-style deep transformer blocks"}
-    widths = sorted({m.in_features for m in modules if m.in_features and re.search(r"attn2[._]to_[kv]$", m.name)})
-    evidence = {"cross_attention_dim": widths[0] if len(widths) == 1 else widths}
-    family = {768: "sd1", 1024: "sd2", 2048: "sdxl"}.get(widths[0]) if len(widths) == 1 else None
-    if family:
-        return {"family": family, **evidence}
-    if any(k.startswith(("lora_unet_", "unet.", "down_blocks", "up_blocks")) for k in keys):
-        # A UNet LoRA of an unfamiliar width (e.g. the toy model): same family as SD1.x by layout.
-        return {"family": "sd-unet", "note": "SD-style UNet keys with a non-standard width", **evidence}
-    return {"family": "unknown", **evidence}
 
 
 _BLAS: list = []

@@ -155,6 +155,17 @@ def load_and_verify(pipe: Any, path: str | Path, adapter_name: str, scale: float
                                     {**out.evidence, "error": "UnsupportedAlgorithm"}))
         return out
     lycoris = bool(parsed.algorithms & {"loha", "lokr"})
+    located = verify.locate(pipe, parsed) if lycoris else {}
+    unmapped = [m for m in parsed.modules if lycoris and located.get(m.key) is None]
+    if unmapped:
+        algo = "/".join(sorted(parsed.algorithms & {"loha", "lokr"}))
+        out.findings.append(Finding(
+            "RUNTIME.LORA_INCOMPATIBLE", subject,
+            f"{len(unmapped)} of {len(parsed.modules)} {algo} modules name no layer of this base model "
+            f"(e.g. {unmapped[0].key}): the file is for another base, or its key layout is one we cannot map; "
+            "evaluate it on the base it was trained for.",
+            {**out.evidence, "error": "UnmappedLayers", "unmapped": [m.key for m in unmapped[:30]]}))
+        return out
     with _captured_diffusers_log() as capture, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -162,7 +173,7 @@ def load_and_verify(pipe: Any, path: str | Path, adapter_name: str, scale: float
 
             with torch.no_grad():
                 if lycoris:
-                    inject_lycoris(pipe, sf, parsed, verify.locate(pipe, parsed), adapter_name)
+                    inject_lycoris(pipe, sf, parsed, located, adapter_name)
                 else:
                     # By path, so diffusers reads the header's lora_adapter_metadata (alpha, patterns)
                     # as it does for a user; use_safetensors=True with a .safetensors name never unpickles.

@@ -2,9 +2,11 @@
 
 A path the worker cannot see fails here (RUNTIME.BASE_MODEL_MISSING / RUNTIME.LORA_MISSING), before
 anything is loaded. The LoRA file is read with our own safetensors parser (pickles refused, never
-loaded) and analysed in numpy: NaN/Inf -> RUNTIME.LORA_INVALID, all-zero deltas ->
-QUALITY.NO_LORA_EFFECT, no alpha in the file while the run says alpha != rank ->
-RUNTIME.LORA_ALPHA_UNKNOWN.
+loaded) and analysed in numpy: a file that is no LoRA (a full model, alphas only) or NaN/Inf ->
+RUNTIME.LORA_INVALID, LoRA pairs under a key prefix no loader knows -> RUNTIME.LORA_INCOMPATIBLE,
+all-zero deltas -> QUALITY.NO_LORA_EFFECT, no alpha in the file while the run says alpha != rank ->
+RUNTIME.LORA_ALPHA_UNKNOWN. A LoRA of one model family on a base of another (an SD3 file on SD1) ->
+RUNTIME.BASE_MODEL_MISMATCH (`check_lora_family`), before anything is loaded.
 """
 
 from __future__ import annotations
@@ -16,12 +18,18 @@ from typing import Any
 
 from lora_pipeline.findings import Finding
 from lora_pipeline.fsutil import model_hash
+from lora_pipeline.lora.architecture import describe_file_shape, family_name
 from lora_pipeline.lora.inspect import LoraFileReport, analyse
 from lora_pipeline.lora.safetensors_file import LoraFileError, read_safetensors
 from lora_pipeline.render.spec import BaseChoice, DeclaredBase, EvalSpec, RunFacts
 
 _HASH_CACHE: dict[tuple, str] = {}
 _SD_FAMILY = {"sd1", "sd2", "sd-unet"}
+# Model families by network kind; `sd-unet` and `flux` are the generic members of theirs (the version
+# is not decidable from the file), compatible with every member: the load itself decides there.
+_KIND = {"sd1": "unet", "sd2": "unet", "sdxl": "unet", "sd-unet": "unet", "sd3": "mmdit",
+         "flux1": "flux", "flux2": "flux", "flux": "flux"}
+_GENERIC = {"sd-unet", "flux"}
 
 
 def base_identity(path: Path) -> str:
@@ -35,7 +43,8 @@ def base_identity(path: Path) -> str:
 
 
 def base_architecture(path: Path) -> str:
-    """sd1 | sd2 | sdxl | flux | unknown, from a diffusers folder's model_index.json and UNet config."""
+    """sd1 | sd2 | sdxl | sd3 | flux1 | flux2 | unknown, from a diffusers folder's model_index.json
+    (pipeline class) and UNet config (SD1 vs SD2 by cross-attention width)."""
     p = Path(path)
     if p.is_file():
         return "unknown"
@@ -43,10 +52,14 @@ def base_architecture(path: Path) -> str:
         cls = json.loads((p / "model_index.json").read_text()).get("_class_name", "")
     except (OSError, ValueError):
         return "unknown"
+    if cls.startswith("Flux2"):  # Flux2Pipeline, Flux2KleinPipeline
+        return "flux2"
+    if cls.startswith("Flux"):
+        return "flux1"
+    if cls.startswith("StableDiffusion3"):
+        return "sd3"
     if "XL" in cls:
         return "sdxl"
-    if "Flux" in cls:
-        return "flux"
     if cls.startswith("StableDiffusion"):
         try:
             width = json.loads((p / "unet" / "config.json").read_text()).get("cross_attention_dim")
@@ -104,7 +117,53 @@ def check_base(declared: DeclaredBase, choice: BaseChoice | None, subject: str
 def _same_family(a: str, b: str) -> bool:
     if a == b or "unknown" in (a, b):
         return True
+    if "flux" in (a, b):  # a run record's generic "flux" (from a trainer config) is either version
+        return {a, b} <= {"flux", "flux1", "flux2"}
     return "sd-unet" in (a, b) and {a, b} <= _SD_FAMILY
+
+
+def _fits_base(lora: str, base: str) -> bool:
+    """False only when the families are known and differ (a generic family fits its own kind)."""
+    if lora == base or lora not in _KIND or base not in _KIND:
+        return True
+    return _KIND[lora] == _KIND[base] and bool({lora, base} & _GENERIC)
+
+
+def check_lora_family(report: LoraFileReport | None, base: dict[str, Any], subject: str) -> list[Finding]:
+    """RUNTIME.BASE_MODEL_MISMATCH when the file's family (key names, widths) is not the evaluated
+    base's: loading it would fail or silently load nothing, so the LoRA arms are not rendered."""
+    if report is None or not base:
+        return []
+    arch = report.architecture or {}
+    lora_family, base_family = arch.get("family") or "unknown", base.get("architecture") or "unknown"
+    if _fits_base(lora_family, base_family):
+        return []
+    return [Finding("RUNTIME.BASE_MODEL_MISMATCH", subject,
+                    f"The LoRA file is for {family_name(lora_family)} ({lora_family}: {arch.get('evidence', '-')}) "
+                    f"but the evaluated base {base.get('name')} is {family_name(base_family)} ({base_family}): "
+                    f"evaluate it on a {family_name(lora_family)} base, or point the run at its own LoRA file.",
+                    {"lora_family": lora_family, "base_family": base_family, "base": base.get("name"),
+                     "lora_architecture": {k: v for k, v in arch.items() if k != "file_shape"}})]
+
+
+def _not_a_lora(shape: dict[str, Any], p: Path, subject: str) -> Finding | None:
+    """One finding that says what the file is instead of a LoRA, or None when it holds LoRA modules."""
+    kind = shape.get("kind")
+    evidence = {"path": str(p), **{k: v for k, v in shape.items() if k != "description"}}
+    if kind == "full_model":
+        return Finding("RUNTIME.LORA_INVALID", subject,
+                       f"The file is {shape['description']}: give it under base_models, or point the run at "
+                       f"the LoRA file.", evidence)
+    if kind in ("alphas_only", "empty"):
+        return Finding("RUNTIME.LORA_INVALID", subject,
+                       f"The file {shape['description']}: re-export the LoRA.", evidence)
+    if kind == "pairs_under_unknown_prefix":
+        then = "" if shape.get("stripped_known") else \
+            "; then check the keys follow a known style (kohya `lora_unet_...`, diffusers `unet.`/`transformer.`)"
+        return Finding("RUNTIME.LORA_INCOMPATIBLE", subject,
+                       f"The file {shape['description']}: strip the prefix (e.g. {shape['example']}){then}.",
+                       evidence)
+    return None
 
 
 def check_lora_file(path: Path, facts: RunFacts, subject: str
@@ -119,7 +178,14 @@ def check_lora_file(path: Path, facts: RunFacts, subject: str
                         f"Only .safetensors files are loaded; {p.name} is refused (pickles are never loaded).",
                         {"path": str(p), "suffix": p.suffix})], None
     try:
-        report = analyse(read_safetensors(p))
+        sf = read_safetensors(p)
+        # what the file is comes first: a full model or an alphas-only file is one finding, not
+        # the several (zero effect, alpha unknown, not applied) a LoRA analysis of it would give
+        shape = describe_file_shape(sf.header)
+        wrong = _not_a_lora(shape, p, subject)
+        if wrong is not None:
+            return [wrong], None
+        report = analyse(sf)
     except LoraFileError as e:
         return [Finding("RUNTIME.LORA_INVALID", subject, str(e), {"path": str(p), "error": type(e).__name__})], None
     findings: list[Finding] = []
@@ -129,7 +195,9 @@ def check_lora_file(path: Path, facts: RunFacts, subject: str
                                 {"path": str(p), "nonfinite_tensors": report.nonfinite_tensors[:20]}))
         return findings, None
     if not report.modules:
-        findings.append(Finding("RUNTIME.LORA_INVALID", subject, "The file holds no LoRA module (no down/up pair).",
+        what = shape["description"] if shape["kind"] == "unknown" else "holds no LoRA module this reader knows"
+        findings.append(Finding("RUNTIME.LORA_INVALID", subject,
+                                f"The file {what}: it is not a LoRA file; re-export it from the trainer.",
                                 {"path": str(p), "key_format": report.key_format,
                                  "unmatched_keys": report.unmatched_keys[:20]}))
         return findings, None

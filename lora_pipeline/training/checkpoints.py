@@ -16,7 +16,6 @@ import hashlib
 import json
 import mmap
 import os
-import struct
 import threading
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,13 @@ from typing import Any
 from lora_pipeline.fsutil import atomic_write_bytes
 from lora_pipeline.lora.inspect import analyse
 from lora_pipeline.lora.safetensors_file import (
-    MAX_HEADER_BYTES,
     LoraFileError,
     parse_safetensors,
+    read_header,
     refuse_pickle,
 )
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: architecture families sd3/flux1/flux2 and the file shape in the analysis
 
 
 def _hash(data: bytes, out: list) -> None:
@@ -62,27 +61,13 @@ def analyse_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def header_complete(path: Path) -> bool:
-    """True when the header parses and the file ends exactly where its last tensor ends."""
+    """True when the header parses and the file ends exactly where its last tensor ends (reads the
+    header only: this runs on every sensor tick, over files of any size)."""
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                return False
-            (n,) = struct.unpack("<Q", head)
-            if n > MAX_HEADER_BYTES or 8 + n > size:
-                return False
-            header = json.loads(f.read(n).decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        h = read_header(path)
+    except LoraFileError:
         return False
-    if not isinstance(header, dict):
-        return False
-    ends = [v.get("data_offsets", [0, 0])[1] for k, v in header.items()
-            if k != "__metadata__" and isinstance(v, dict)]
-    try:
-        return 8 + n + max(ends, default=0) == size
-    except TypeError:
-        return False
+    return h.data_end == h.size
 
 
 class FileIndex:

@@ -135,7 +135,9 @@ def resolution(v: Any) -> int | None:
 
 
 _ARCH = [(re.compile(p, re.I), a) for p, a in (
-    (r"flux", "flux"), (r"sdxl|stable-diffusion-xl|xl_|_xl|sd_xl", "sdxl"),
+    (r"flux[-_.]?2|klein", "flux2"), (r"flux", "flux1"),  # "flux" alone: FLUX.1, the older one
+    (r"sd_?v?3|sd3|stable-diffusion-v3|stable_diffusion_3", "sd3"),
+    (r"sdxl|stable-diffusion-xl|xl_|_xl|sd_xl", "sdxl"),
     (r"sd_?v?2|stable-diffusion-v2|sd2|stable_diffusion_20|stable_diffusion_21", "sd2"),
     (r"sd_?v?1|sd_1|stable-diffusion-v1|sd1|stable_diffusion_15|stable_diffusion_14|sd15", "sd1"))]
 

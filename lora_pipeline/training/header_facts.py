@@ -87,7 +87,7 @@ def weight_facts(analysis: dict[str, Any], source: str) -> list[tuple[str, Any, 
     if len(alphas) == 1 and None not in alphas:
         out.append(("alpha", float(alphas.pop()), source))
     family = (analysis.get("architecture") or {}).get("family")
-    if family in ("sd1", "sd2", "sdxl", "flux"):
+    if family in ("sd1", "sd2", "sdxl", "sd3", "flux1", "flux2"):  # not the generic sd-unet / flux
         out.append(("base_model.architecture", family, source))
     return out
 

@@ -14,7 +14,7 @@ class BaseModelRef:
     name: str | None = None
     path: str | None = None
     sha256: str | None = None
-    architecture: str | None = None  # sd1 | sd2 | sdxl | flux | sd-unet | unknown
+    architecture: str | None = None  # sd1 | sd2 | sdxl | sd3 | flux1 | flux2 | sd-unet | flux | unknown
 
 
 @dataclass

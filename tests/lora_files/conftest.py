@@ -1,0 +1,124 @@
+"""Session fixtures for the by-value tests: the toy bases (SD1 from tests/conftest.py, SDXL built
+here: a conftest in this folder does not see tests/render/conftest.py), every real-format file built
+once, each evaluated once by the production path (as tests/render/conftest.py's `evaluate` does), and
+a table of the verdicts printed at the end of the run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.lora_files import builders as B
+from tests.lora_files.cases import CASES, PICKLES, TABLE, TOY_QUALITY, TRIGGER
+
+
+@pytest.fixture(scope="session")
+def toy_sdxl_base(tmp_path_factory) -> Path:
+    from lora_pipeline.toy.base import write_toy_base
+
+    return write_toy_base(tmp_path_factory.mktemp("models") / "toy-sdxl", seed=0, sdxl=True)
+
+
+@pytest.fixture(scope="session")
+def bases(toy_base, toy_sdxl_base) -> dict[str, Path]:
+    return {"sd1": toy_base, "sdxl": toy_sdxl_base}
+
+
+@pytest.fixture(scope="session")
+def lora_files(tmp_path_factory, bases) -> dict[str, B.Built]:
+    """Every file of CASES, built once per session."""
+    d = tmp_path_factory.mktemp("lora-files")
+    built: dict[str, B.Built] = {}
+    for c in CASES:
+        out = d / f"{c.name}.safetensors"
+        src = built[c.source].path if c.source else bases[c.arch]
+        built[c.name] = replace(c.build(src, out), name=c.name)
+    return built
+
+
+@pytest.fixture(scope="session")
+def pickle_files(tmp_path_factory) -> dict[str, B.Built]:
+    d = tmp_path_factory.mktemp("pickles")
+    return {name: B.pickle_renamed(d / f"{name}.safetensors", d / f"{name}.UNPICKLED", legacy)
+            for name, legacy in PICKLES.items()}
+
+
+def tiny_spec(**kw):
+    from lora_pipeline.render.spec import EvalSpec
+
+    base = EvalSpec(prompts=("a photo of {trigger} on a white background",), negative_prompt="blurry, lowres",
+                    seeds=(11,), width=64, height=64, steps=2, guidance_scale=5.0)
+    return replace(base, **kw)
+
+
+def facts_for(base_path: Path, arch: str, **kw):
+    from lora_pipeline.render.contract import base_identity
+    from lora_pipeline.render.spec import DeclaredBase, RunFacts
+
+    args = dict(run_id="run-a", checkpoint_id="step-00000010", trigger=TRIGGER, rank=4, alpha=8.0, resolution=64,
+                base=DeclaredBase(f"toy-{arch}", str(base_path), base_identity(base_path), arch),
+                caption_trigger=TRIGGER, step=10)
+    args.update(kw)
+    return RunFacts(**args)
+
+
+def evaluate(base: Path, arch: str, lora: Path, out: Path, spec=None, facts=None):
+    """The production evaluation, as tests/render/conftest.py's `evaluate` runs it."""
+    from lora_pipeline.render.evaluate import EvaluationInputs, evaluate_checkpoint
+    from lora_pipeline.render.spec import BaseChoice, CheckpointInput
+
+    facts = facts or facts_for(base, arch)
+    inp = EvaluationInputs(facts=facts, spec=spec or tiny_spec(), base=BaseChoice(f"toy-{arch}", base, "name"),
+                           checkpoint=CheckpointInput(Path(lora)), out_dir=out, quality_thresholds=TOY_QUALITY)
+    return evaluate_checkpoint(inp, log=lambda _m: None)
+
+
+@dataclass
+class Evaluated:
+    built: B.Built
+    base: Path
+    result: Any
+    out_dir: Path
+
+    @property
+    def trigger_pngs(self) -> list[Path]:
+        return sorted((self.out_dir / "lora_trigger").glob("*.png"))
+
+
+@pytest.fixture(scope="session")
+def evaluated(tmp_path_factory, lora_files, pickle_files, bases) -> Callable[[str], Evaluated]:
+    """name -> the production evaluation of that file (run once per session), with the run facts the
+    file's writer declares (rank, alpha)."""
+    root = tmp_path_factory.mktemp("evaluations")
+    done: dict[str, Evaluated] = {}
+
+    def get(name: str) -> Evaluated:
+        if name not in done:
+            built = lora_files.get(name) or pickle_files[name]
+            base = bases[built.arch]
+            facts = facts_for(base, built.arch, rank=built.rank, alpha=built.alpha)
+            res = evaluate(base, built.arch, built.path, root / name, facts=facts)
+            done[name] = Evaluated(built, base, res, root / name)
+            TABLE[name] = {"format": built.fmt, "arch": built.arch, "verdict": res.verdict,
+                           "codes": sorted({f.code for f in res.findings if f.severity == "error"}),
+                           "lora_trigger_renders": len(done[name].trigger_pngs), "notes": built.notes}
+        return done[name]
+
+    return get
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not TABLE:
+        return
+    tr = terminalreporter
+    tr.section("LoRA files: production verdicts (tests/lora_files)")
+    for name, row in TABLE.items():
+        tr.write_line(f"{name:32s} {row['arch']:5s} {row['format']:18s} {row['verdict']:20s} "
+                      f"renders={row['lora_trigger_renders']} errors={','.join(row['codes']) or '-'}")
+        for key in ("match", "control"):
+            if key in row:
+                tr.write_line(f"{'':32s} {key}: {row[key]}")
