@@ -41,6 +41,13 @@ def toy_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def toy_sdxl_base(tmp_path_factory) -> Path:
+    from lora_pipeline.toy.base import write_toy_base
+
+    return write_toy_base(tmp_path_factory.mktemp("models") / "toy-sdxl", seed=0, sdxl=True)
+
+
+@pytest.fixture(scope="session")
 def toy_dataset(tmp_path_factory) -> Path:
     from lora_pipeline.toy.dataset import write_toy_dataset
 

@@ -9,11 +9,6 @@ from typing import Any
 
 from tests.lora_files import builders as B
 
-TRIGGER = "sks_chair"
-# As tests/render/conftest.py: toy LoRAs move toy renders far less than real ones; the effect
-# thresholds of the quality checks are lowered so they judge the runtime contract, not toy quality.
-TOY_QUALITY = {"min_lora_effect": 1e-5, "min_trigger_effect": 1e-5}
-
 
 @dataclass(frozen=True)
 class Case:

@@ -1,7 +1,6 @@
-"""Session fixtures for the by-value tests: the toy bases (SD1 from tests/conftest.py, SDXL built
-here: a conftest in this folder does not see tests/render/conftest.py), every real-format file built
-once, each evaluated once by the production path (as tests/render/conftest.py's `evaluate` does), and
-a table of the verdicts printed at the end of the run."""
+"""Session fixtures for the by-value tests: the toy bases (tests/conftest.py), every real-format file
+built once, each evaluated once by the production path (tests/evaluation_helpers.py), and a table of
+the verdicts printed at the end of the run."""
 
 from __future__ import annotations
 
@@ -12,15 +11,9 @@ from typing import Any
 
 import pytest
 
+from tests.evaluation_helpers import evaluate, facts_for
 from tests.lora_files import builders as B
-from tests.lora_files.cases import CASES, PICKLES, TABLE, TOY_QUALITY, TRIGGER
-
-
-@pytest.fixture(scope="session")
-def toy_sdxl_base(tmp_path_factory) -> Path:
-    from lora_pipeline.toy.base import write_toy_base
-
-    return write_toy_base(tmp_path_factory.mktemp("models") / "toy-sdxl", seed=0, sdxl=True)
+from tests.lora_files.cases import CASES, PICKLES, TABLE
 
 
 @pytest.fixture(scope="session")
@@ -45,36 +38,6 @@ def pickle_files(tmp_path_factory) -> dict[str, B.Built]:
     d = tmp_path_factory.mktemp("pickles")
     return {name: B.pickle_renamed(d / f"{name}.safetensors", d / f"{name}.UNPICKLED", legacy)
             for name, legacy in PICKLES.items()}
-
-
-def tiny_spec(**kw):
-    from lora_pipeline.render.spec import EvalSpec
-
-    base = EvalSpec(prompts=("a photo of {trigger} on a white background",), negative_prompt="blurry, lowres",
-                    seeds=(11,), width=64, height=64, steps=2, guidance_scale=5.0)
-    return replace(base, **kw)
-
-
-def facts_for(base_path: Path, arch: str, **kw):
-    from lora_pipeline.render.contract import base_identity
-    from lora_pipeline.render.spec import DeclaredBase, RunFacts
-
-    args = dict(run_id="run-a", checkpoint_id="step-00000010", trigger=TRIGGER, rank=4, alpha=8.0, resolution=64,
-                base=DeclaredBase(f"toy-{arch}", str(base_path), base_identity(base_path), arch),
-                caption_trigger=TRIGGER, step=10)
-    args.update(kw)
-    return RunFacts(**args)
-
-
-def evaluate(base: Path, arch: str, lora: Path, out: Path, spec=None, facts=None):
-    """The production evaluation, as tests/render/conftest.py's `evaluate` runs it."""
-    from lora_pipeline.render.evaluate import EvaluationInputs, evaluate_checkpoint
-    from lora_pipeline.render.spec import BaseChoice, CheckpointInput
-
-    facts = facts or facts_for(base, arch)
-    inp = EvaluationInputs(facts=facts, spec=spec or tiny_spec(), base=BaseChoice(f"toy-{arch}", base, "name"),
-                           checkpoint=CheckpointInput(Path(lora)), out_dir=out, quality_thresholds=TOY_QUALITY)
-    return evaluate_checkpoint(inp, log=lambda _m: None)
 
 
 @dataclass

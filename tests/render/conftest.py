@@ -3,38 +3,16 @@ files built on the real toy UNets (clean and with planted faults), and a tiny ev
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-TRIGGER = "sks_chair"
-# Toy renders (64 px, 2 steps, tiny random or briefly trained LoRAs) move by 0.1-1 8-bit levels, far
-# below the real-model defaults of the quality checks (lora_pipeline/quality): these tests judge the
-# runtime contract, so the effect thresholds are lowered to what a toy LoRA does reach.
-TOY_QUALITY = {"min_lora_effect": 1e-5, "min_trigger_effect": 1e-5}
-
-
-
-
-@pytest.fixture(scope="session")
-def toy_sdxl_base(tmp_path_factory) -> Path:
-    from lora_pipeline.toy.base import write_toy_base
-
-    return write_toy_base(tmp_path_factory.mktemp("models") / "toy-sdxl", seed=0, sdxl=True)
+from tests.evaluation_helpers import evaluate, facts_for, tiny_spec
 
 
 @pytest.fixture(scope="session", params=["sd1", "sdxl"])
 def arch_base(request, toy_base, toy_sdxl_base) -> tuple[str, Path]:
     return request.param, (toy_base if request.param == "sd1" else toy_sdxl_base)
-
-
-def tiny_spec(**kw):
-    from lora_pipeline.render.spec import EvalSpec
-
-    base = EvalSpec(prompts=("a photo of {trigger} on a white background",), negative_prompt="blurry, lowres",
-                    seeds=(11,), width=64, height=64, steps=2, guidance_scale=5.0)
-    return replace(base, **kw)
 
 
 def make_lora(base: Path, out: Path, *, rank: int = 4, alpha: float = 8.0, metadata: bool = True, seed: int = 0,
@@ -86,27 +64,6 @@ def clean_loras(tmp_path_factory, arch_base) -> dict:
     arch, base = arch_base
     d = tmp_path_factory.mktemp(f"loras-{arch}")
     return {"arch": arch, "base": base, "clean": make_lora(base, d / "clean.safetensors"), "dir": d}
-
-
-def facts_for(base_path: Path, arch: str, **kw):
-    from lora_pipeline.render.contract import base_identity
-    from lora_pipeline.render.spec import DeclaredBase, RunFacts
-
-    args = dict(run_id="run-a", checkpoint_id="step-00000010", trigger=TRIGGER, rank=4, alpha=8.0, resolution=64,
-                base=DeclaredBase(f"toy-{arch}", str(base_path), base_identity(base_path), arch),
-                caption_trigger=TRIGGER, step=10)
-    args.update(kw)
-    return RunFacts(**args)
-
-
-def evaluate(base: Path, arch: str, lora: Path, out: Path, spec=None, facts=None, call_hook=None, log=None):
-    from lora_pipeline.render.evaluate import EvaluationInputs, evaluate_checkpoint
-    from lora_pipeline.render.spec import BaseChoice, CheckpointInput
-
-    facts = facts or facts_for(base, arch)
-    inp = EvaluationInputs(facts=facts, spec=spec or tiny_spec(), base=BaseChoice(f"toy-{arch}", base, "name"),
-                           checkpoint=CheckpointInput(Path(lora)), out_dir=out, quality_thresholds=TOY_QUALITY)
-    return evaluate_checkpoint(inp, log=log or (lambda _m: None), call_hook=call_hook)
 
 
 @pytest.fixture
