@@ -416,7 +416,7 @@ text_encoder_target_name = []
 """
 
 
-def lycoris_sd1(base: Path, out: Path, algo: str, seed: int, dora: bool = False, save_precision: str = "fp16",
+def lycoris_net(base: Path, out: Path, algo: str, seed: int, dora: bool = False, save_precision: str = "fp16",
                 dim: int = 4, alpha: float = 2.0, conv_dim: int = 4, conv_alpha: float = 2.0) -> Built:
     """A LyCORIS network (classic SD 'full' targets: Transformer2DModel, ResnetBlock2D, Down/Upsample2D, conv_in,
     conv_out, time_embedding + CLIPAttention/CLIPMLP) created, applied and saved by lycoris-lora, with
@@ -426,7 +426,10 @@ def lycoris_sd1(base: Path, out: Path, algo: str, seed: int, dora: bool = False,
 
     quiet_lycoris()
     pipe = fresh_pipe(base)
-    te = TextModelWrapper(pipe.text_encoder)
+    arch = "sdxl" if getattr(pipe, "text_encoder_2", None) is not None else "sd1"
+    # SDXL: a list of encoders, which LyCORIS (as kohya) names lora_te1_ / lora_te2_.
+    te = TextModelWrapper(pipe.text_encoder) if arch == "sd1" else \
+        [TextModelWrapper(pipe.text_encoder), TextModelWrapper(pipe.text_encoder_2)]
     out.parent.mkdir(parents=True, exist_ok=True)
     preset = out.parent / "lycoris-sd-full.toml"
     preset.write_text(LYCORIS_SD_PRESET)
@@ -450,7 +453,7 @@ def lycoris_sd1(base: Path, out: Path, algo: str, seed: int, dora: bool = False,
             factor = {"LoConModule": "lora_up.weight", "LohaModule": "hada_w1_a",
                       "LokrModule": "lokr_w2" if getattr(m, "use_w2", False) else "lokr_w2_a"}[type(m).__name__]
             dict(m.named_parameters())[factor].mul_(c)
-    md = ss_metadata(arch="sd1", output_name=out.stem, dim=str(dim), alpha=str(alpha), network_module="lycoris.kohya",
+    md = ss_metadata(arch=arch, output_name=out.stem, dim=str(dim), alpha=str(alpha), network_module="lycoris.kohya",
                      network_args=kwargs, save_precision=save_precision)
     out.parent.mkdir(parents=True, exist_ok=True)
     net.save_weights(str(out), getattr(torch, _DTYPES[save_precision]), md)
@@ -460,24 +463,34 @@ def lycoris_sd1(base: Path, out: Path, algo: str, seed: int, dora: bool = False,
         if key == "LokrModule":
             key += "(w2 full)" if m.use_w2 else "(w2 a@b)"
         kinds[key] = kinds.get(key, 0) + 1
-    return Built(out.stem, "sd1", out, f"lycoris-{algo}{'-dora' if dora else ''}", dim, alpha,
-                 ("unet", "text_encoder"), f"{len(net.loras)} modules {kinds}, {save_precision}")
+    comps = ("unet", "text_encoder") if arch == "sd1" else ("unet", "text_encoder", "text_encoder_2")
+    return Built(out.stem, arch, out, f"lycoris-{algo}{'-dora' if dora else ''}", dim, alpha,
+                 comps, f"{len(net.loras)} modules {kinds}, {save_precision}")
 
 
 def lycoris_locon(base: Path, out: Path) -> Built:
-    return lycoris_sd1(base, out, "locon", seed=111, save_precision="fp16", conv_alpha=1.0)
+    return lycoris_net(base, out, "locon", seed=111, save_precision="fp16", conv_alpha=1.0)
 
 
 def lycoris_loha(base: Path, out: Path) -> Built:
-    return lycoris_sd1(base, out, "loha", seed=112, save_precision="float")
+    return lycoris_net(base, out, "loha", seed=112, save_precision="float")
 
 
 def lycoris_lokr(base: Path, out: Path) -> Built:
-    return lycoris_sd1(base, out, "lokr", seed=113, save_precision="bf16")
+    return lycoris_net(base, out, "lokr", seed=113, save_precision="bf16")
+
+
+def lycoris_sdxl_loha(base: Path, out: Path) -> Built:
+    """LoHa on the SDXL toy, both encoders (the second keeps transformers' `text_model.` level)."""
+    return lycoris_net(base, out, "loha", seed=115, save_precision="fp16")
+
+
+def lycoris_sdxl_lokr(base: Path, out: Path) -> Built:
+    return lycoris_net(base, out, "lokr", seed=116, save_precision="float")
 
 
 def lycoris_dora(base: Path, out: Path) -> Built:
-    return lycoris_sd1(base, out, "lora", seed=114, dora=True, save_precision="fp16")
+    return lycoris_net(base, out, "lora", seed=114, dora=True, save_precision="fp16")
 
 
 # -- diffusers / PEFT -------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ CASES = [
     Case("lycoris_loha", "sd1", B.lycoris_loha),
     Case("lycoris_lokr", "sd1", B.lycoris_lokr),
     Case("lycoris_dora", "sd1", B.lycoris_dora),
+    Case("lycoris_sdxl_loha", "sdxl", B.lycoris_sdxl_loha),
+    Case("lycoris_sdxl_lokr", "sdxl", B.lycoris_sdxl_lokr),
     Case("peft_sd1", "sd1", B.peft_sd1),
     Case("peft_sd1_tf5_names", "sd1", B.peft_sd1_tf5),
     Case("peft_sdxl", "sdxl", B.peft_sdxl),

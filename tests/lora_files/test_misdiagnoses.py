@@ -22,7 +22,8 @@ def _load(ev) -> dict:
     return ev.result.document["lora_load"]
 
 
-@pytest.mark.parametrize("name", [*LORA_FAMILY, "lycoris_loha", "lycoris_lokr"])
+@pytest.mark.parametrize("name", [*LORA_FAMILY, "lycoris_loha", "lycoris_lokr", "lycoris_sdxl_loha",
+                                  "lycoris_sdxl_lokr"])
 def test_renders_as_the_file_defines_with_no_false_code(evaluated, name):
     ev = evaluated(name)
     assert not _codes(ev) & FALSE, sorted(_codes(ev) & FALSE)
@@ -39,7 +40,8 @@ def test_renders_as_the_file_defines_with_no_false_code(evaluated, name):
 @pytest.mark.parametrize(("name", "encoders"), [("kohya_sd1", {"text_encoder"}), ("peft_sd1", {"text_encoder"}),
                                                 ("peft_sd1_tf5_names", {"text_encoder"}),
                                                 ("kohya_sdxl_sgm", {"text_encoder", "text_encoder_2"}),
-                                                ("peft_sdxl", {"text_encoder", "text_encoder_2"})])
+                                                ("peft_sdxl", {"text_encoder", "text_encoder_2"}),
+                                                ("lycoris_sdxl_loha", {"text_encoder", "text_encoder_2"})])
 def test_text_encoder_modules_land_and_verify(evaluated, name, encoders):
     """The old landed-key comparison expected `text_model.` names transformers 5 no longer has: every
     file with text-encoder keys got a false LORA_PARTIAL and no LoRA arm."""
