@@ -94,7 +94,24 @@ def metadata(run: dict, step: int, epoch: int, output_name: str) -> dict[str, st
     return md
 
 
+def safetensors_hashes(tensors: dict, header: dict[str, str]) -> dict[str, str]:
+    """`sshs_model_hash` / `sshs_legacy_hash` as sd-scripts precomputes them: over the file the tensors
+    and only the `ss_*` keys would make (so later header edits do not change them), the sha256 of the
+    bytes after the safetensors header (A1111's "addnet" hash), and the first 8 hex digits of the
+    sha256 of 64 KiB at offset 1 MiB (A1111's legacy model hash)."""
+    import hashlib
+    import struct
+
+    from safetensors.torch import save
+
+    data = save(tensors, metadata={k: v for k, v in header.items() if k.startswith("ss_")})
+    (n,) = struct.unpack("<Q", data[:8])
+    return {"sshs_model_hash": hashlib.sha256(data[8 + n:]).hexdigest(),
+            "sshs_legacy_hash": hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]}
+
+
 def save(path: str | Path, diffusers_state_dict: dict, alpha: float, header: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    save_file(diffusers_to_kohya(diffusers_state_dict, alpha), str(path), metadata=header)
+    tensors = diffusers_to_kohya(diffusers_state_dict, alpha)
+    save_file(tensors, str(path), metadata={**header, **safetensors_hashes(tensors, header)})

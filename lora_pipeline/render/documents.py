@@ -28,7 +28,7 @@ def render_manifest(inp: Any, base: dict[str, Any], req: RenderRequest, out: Ren
         "prompt_template": template,
         "base_model": {k: base.get(k) for k in ("name", "path", "sha256", "architecture")},
         "lora": None if lora is None else {k: lora.get(k) for k in ("path", "sha256", "adapter_name", "scale",
-                                                                     "alpha_source", "applied")},
+                                                                     "alpha_source", "applied", "short_hash")},
         "trigger": inp.facts.trigger, "prompt": r["prompt"], "negative_prompt": r["negative_prompt"],
         "token_counts": token_counts.get((req.prompt_index, req.arm != "lora_no_trigger"), {}),
         "seed": req.seed, "width": r["width"], "height": r["height"], "steps": r["num_inference_steps"],

@@ -34,7 +34,7 @@ from typing import Any
 
 from lora_pipeline.findings import Finding, verdict
 from lora_pipeline.fsutil import atomic_write_json
-from lora_pipeline.render import cache, compare, contract, documents, manifest, ops, prompts
+from lora_pipeline.render import cache, compare, contract, documents, infotext, manifest, ops, prompts
 from lora_pipeline.render.pipeline import MEMORY_SETTINGS, CachedPipeline, discard, get_pipeline
 from lora_pipeline.render.render_one import RenderRequest, render_image, settings_changes
 from lora_pipeline.render.spec import ARMS, LORA_ARMS, BaseChoice, CheckpointInput, EvalSpec, RunFacts
@@ -110,6 +110,7 @@ class _Evaluation:
         self.load_timings: dict[str, Any] = {}
         self.first_call_here = False
         self.scheduler = ""
+        self.sampler_a1111: dict[str, Any] | None = None
         self.token_counts: dict[tuple, dict] = {}
         self.cache = cache.RenderCache(inp.storage_root / cache.CACHE_DIR) \
             if inp.storage_root is not None and call_hook is None else None  # a hooked call may change pixels
@@ -133,7 +134,8 @@ class _Evaluation:
             self.lora_facts = {"path": str(inp.checkpoint.path), "sha256": report.sha256,
                                "recorded_sha256": inp.checkpoint.sha256, "alpha_source": contract.alpha_source(report),
                                "scale": inp.spec.lora_scale, "key_format": report.key_format,
-                               "architecture": report.architecture.get("family"), "ranks": report.ranks}
+                               "architecture": report.architecture.get("family"), "ranks": report.ranks,
+                               "short_hash": infotext.lora_short_hash(inp.checkpoint.path, report.metadata)}
         if self.base_identity:
             self._with_pipeline(report)
         return self._finish()
@@ -182,6 +184,7 @@ class _Evaluation:
             if cls is None or not hasattr(cls, "from_config"):
                 raise ValueError(f"eval.scheduler {name!r}: not a diffusers scheduler")
             pipe.scheduler = cls.from_config(pipe.scheduler.config)
+        self.sampler_a1111 = infotext.a1111_sampler(pipe.scheduler)
         return type(pipe.scheduler).__name__
 
     def _prompt_checks(self, pipe: Any, report: Any) -> None:
@@ -366,6 +369,7 @@ class _Evaluation:
                                                                     "changes": changes}))
         m = documents.render_manifest(inp, self.base_identity, req, out, timings, lora, template, self.load_timings,
                                       self.token_counts, self.scheduler, self.versions)
+        m["sampler_a1111"] = self.sampler_a1111
         if key is not None:
             m.update(render_key=key, render_cache=cache_state)
         ts = time.perf_counter()

@@ -8,11 +8,12 @@ over the flattened manifest rows); a missing fact -> PROVENANCE.INCOMPLETE.
 Manifest shape (schema_version 1):
     {schema_version, run_id, checkpoint_id, arm (the model mode), prompt_index, prompt_template,
      base_model {name, path, sha256, architecture}, lora null | {path, sha256, adapter_name, scale,
-     alpha_source, applied (as_file | partial)}, trigger, prompt, negative_prompt, token_counts {prompt: {tokenizer: n},
+     alpha_source, applied (as_file | partial), short_hash (A1111/civitai)}, trigger, prompt, negative_prompt, token_counts {prompt: {tokenizer: n},
      negative_prompt: {...}}, seed, width, height, steps, guidance_scale, scheduler, dtype, device,
      generator ("cpu"), memory_settings, library_versions, phase_timings {pipeline_load_s,
      pipeline_load (cold|warm), lora_load_s, lora_verify_s, encode_s, denoise_s, step_s[], decode_s},
-     observed {steps_run, width, height, guidance_scale, scheduler}, pixels_sha256,
+     observed {steps_run, width, height, guidance_scale, scheduler}, sampler_a1111 {sampler,
+     schedule_type, known (false: no A1111 name, the class name is written)}, pixels_sha256,
      dagster_run_id (null outside Dagster), created_at}
 The save phase is timed outside the manifest (it is written inside the file being saved); it is in
 evaluation.json and the logs.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from pandera.api.polars.types import PolarsData
 
 from lora_pipeline.findings import Finding
 from lora_pipeline.fsutil import atomic_write_bytes, atomic_write_json
+from lora_pipeline.render import infotext
 
 SCHEMA_VERSION = 1
 PARAMETERS_CHUNK = "parameters"
@@ -152,52 +153,11 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def _q(v: Any) -> str:
-    s = str(v)
-    return json.dumps(s) if ("," in s or ":" in s or '"' in s) else s
-
-
-def infotext(m: dict[str, Any]) -> str:
-    """A1111 `parameters`: prompt line(s), `Negative prompt: ...`, then the `Key: value, ...` line."""
-    prompt = m["prompt"]
-    lora = m.get("lora")
-    lora_name = Path(lora.get("path") or "lora").stem if lora else ""  # A1111 names a LoRA by its file
-    if lora:
-        prompt = f"{prompt} <lora:{lora_name}:{lora['scale']:g}>"
-    params = [("Steps", m["steps"]), ("Sampler", m["scheduler"]), ("CFG scale", f"{m['guidance_scale']:g}"),
-              ("Seed", m["seed"]), ("Size", f"{m['width']}x{m['height']}"),
-              ("Model hash", (m["base_model"].get("sha256") or "")[:10]), ("Model", m["base_model"].get("name"))]
-    if lora:
-        params.append(("Lora hashes", f"{lora_name}: {(lora.get('sha256') or '')[:12]}"))
-    params.append(("Version", f"lora-pipeline {m.get('library_versions', {}).get('lora_pipeline', '')}".strip()))
-    return (f"{prompt}\nNegative prompt: {m['negative_prompt']}\n"
-            + ", ".join(f"{k}: {_q(v)}" for k, v in params))
-
-
-_PARAM = re.compile(r'\s*([\w ]+):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
-
-
-def parse_infotext(text: str) -> dict[str, Any]:
-    """Inverse of `infotext` (A1111's format): prompt, negative_prompt, params, lora tags."""
-    lines = text.split("\n")
-    params_line = lines[-1]
-    body = lines[:-1]
-    neg_i = next((i for i, ln in enumerate(body) if ln.startswith("Negative prompt: ")), len(body))
-    prompt = "\n".join(body[:neg_i])
-    negative = "\n".join(body[neg_i:])[len("Negative prompt: "):] if neg_i < len(body) else ""
-    loras = re.findall(r"<lora:([^:>]+):([^>]+)>", prompt)
-    prompt = re.sub(r"\s*<lora:[^>]+>", "", prompt)
-    params = {}
-    for k, v in _PARAM.findall(params_line):
-        params[k.strip()] = json.loads(v) if v.startswith('"') else v.strip()
-    return {"prompt": prompt, "negative_prompt": negative, "params": params, "loras": loras}
-
-
 def png_bytes(image: Any, manifest: dict[str, Any]) -> bytes:
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
-    info.add_text(PARAMETERS_CHUNK, infotext(manifest))
+    info.add_text(PARAMETERS_CHUNK, infotext.infotext(manifest))
     info.add_text(MANIFEST_CHUNK, json.dumps(manifest, sort_keys=True, ensure_ascii=True))
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
