@@ -189,27 +189,11 @@ class _Evaluation:
 
     def _prompt_checks(self, pipe: Any, report: Any) -> None:
         inp = self.inp
-        toks = prompts.pipeline_tokenizers(pipe)
-        trig = inp.facts.trigger
-        refs = {"captions": inp.facts.caption_trigger,
-                "metadata": report.declared.get("trigger") if report is not None else None}
-        self.findings += prompts.check_trigger(toks, trig, refs, self.subject)
-        seen: set[tuple] = set()
-        for pi, template in enumerate(inp.spec.prompts):
-            for with_trigger in (True, False):
-                text = prompts.arm_prompt(template, trig, with_trigger)
-                found, counts = prompts.check_prompt(toks, text, inp.spec.negative_prompt,
-                                                     trig if with_trigger else None, self.subject,
-                                                     {"prompt_index": pi, "with_trigger": with_trigger})
-                self.token_counts[(pi, with_trigger)] = counts
-                for f in found:
-                    key = (f.code, f.evidence.get("which"), f.evidence.get("tokenizer"),
-                           f.evidence.get("text") if f.evidence.get("which") == "negative_prompt" else (pi, with_trigger))
-                    if key not in seen:
-                        seen.add(key)
-                        self.findings.append(f)
-            self.findings += prompts.check_negative(prompts.arm_prompt(template, trig, True), inp.spec.negative_prompt,
-                                                    self.subject, {"prompt_index": pi})
+        metadata_trigger = report.declared.get("trigger") if report is not None else None
+        found, self.token_counts = prompts.check_spec_prompts(
+            prompts.pipeline_tokenizers(pipe), inp.spec.prompts, inp.spec.negative_prompt, inp.facts.trigger,
+            {"captions": inp.facts.caption_trigger, "metadata": metadata_trigger}, self.subject)
+        self.findings += found
 
     def _lora_contract_failed(self) -> bool:
         return any(f.code in LORA_CONTRACT and f.severity == "error" for f in self.findings)

@@ -136,3 +136,30 @@ def check_negative(prompt: str, negative: str, subject: str, where: dict[str, An
     return [Finding("RUNTIME.NEGATIVE_CONTRADICTS", subject,
                     f"The negative prompt asks to avoid {', '.join(both)}, which the prompt asks for.",
                     {**where, "words": both, "prompt": prompt, "negative_prompt": negative})]
+
+
+def check_spec_prompts(tokenizers: dict[str, Any], templates: tuple[str, ...] | list[str], negative: str,
+                       trigger: str | None, references: dict[str, str | None], subject: str
+                       ) -> tuple[list[Finding], dict[tuple, dict]]:
+    """Every prompt check of an eval spec for one run: the trigger against its references, each
+    prompt with and without the trigger on every tokenizer (a finding once per code, tokenizer and
+    prompt; once per negative text), and the negative prompt against each prompt. Returns the
+    findings and the token counts per (prompt index, with trigger)."""
+    findings = check_trigger(tokenizers, trigger, references, subject)
+    counts_by_arm: dict[tuple, dict] = {}
+    seen: set[tuple] = set()
+    for pi, template in enumerate(templates):
+        for with_trigger in (True, False):
+            text = arm_prompt(template, trigger, with_trigger)
+            found, counts = check_prompt(tokenizers, text, negative, trigger if with_trigger else None, subject,
+                                         {"prompt_index": pi, "with_trigger": with_trigger})
+            counts_by_arm[(pi, with_trigger)] = counts
+            for f in found:
+                ev = f.evidence
+                key = (f.code, ev.get("which"), ev.get("tokenizer"),
+                       ev.get("text") if ev.get("which") == "negative_prompt" else (pi, with_trigger))
+                if key not in seen:
+                    seen.add(key)
+                    findings.append(f)
+        findings += check_negative(arm_prompt(template, trigger, True), negative, subject, {"prompt_index": pi})
+    return findings, counts_by_arm
