@@ -4,6 +4,10 @@ Found in this order: `--config FILE`, the env var `LORA_PIPELINE_CONFIG`, `./lor
 with none of them the embedded demo workspace's config is used. Relative paths are resolved against
 the config file's folder. Unknown or mistyped keys raise `ConfigError`, whose message is one line
 naming the key and the file.
+
+The file is parsed with bounded work (`lora_pipeline.bounded_yaml`: at most 1 MiB, limited nesting,
+alias expansion counted), and no error message ever embeds the input: a bad value is named by its key
+and, when it is a short scalar, shown clipped.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lora_pipeline import bounded_yaml
 
 CONFIG_ENV = "LORA_PIPELINE_CONFIG"
 DEMO_DIR_ENV = "LORA_PIPELINE_DEMO_DIR"
@@ -166,20 +172,24 @@ def load_config(cli_path: str | os.PathLike | None = None) -> Config:
     if path is None:
         return parse_config(demo_config_text(), root=demo_dir(), source=None)
     try:
-        text = path.read_text("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read config ({e.__class__.__name__}: {e})") from None
+        with open(path, "rb") as f:
+            data = f.read(bounded_yaml.MAX_BYTES + 1)
+        if len(data) > bounded_yaml.MAX_BYTES:
+            raise ConfigError(f"{path}: config larger than {bounded_yaml.MAX_BYTES} bytes (refused)")
+        text = data.decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror or e.__class__.__name__})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: config is not UTF-8 text (byte {e.start})") from None
     return parse_config(text, root=path.parent, source=path)
 
 
 def parse_config(text: str, root: Path, source: Path | None) -> Config:
     label = str(source) if source else "<embedded demo config>"
     try:
-        raw = yaml.safe_load(text)
+        raw = bounded_yaml.load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{label}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError(f"{label}: invalid YAML ({bounded_yaml.describe_error(e)})") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -192,14 +202,28 @@ def parse_config(text: str, root: Path, source: Path | None) -> Config:
 
 
 def _describe(e: ValidationError) -> str:
-    err = e.errors()[0]
-    key = ".".join(str(p) for p in err["loc"]) or "<top level>"
-    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    """The first error as `key 'a.b': problem, got VALUE (+N more)`, at most 100 characters: the key
+    path and a scalar value clipped, a collection named by its type, never the input's repr."""
+    err = e.errors(include_url=False, include_context=False)[0]
+    key = _clip(".".join(str(p) for p in err["loc"]), 48) or "<top level>"
+    more = f" (+{e.error_count() - 1} more)" if e.error_count() > 1 else ""
     if err["type"] == "extra_forbidden":
         return f"unknown key '{key}'{more}"
-    got = err.get("input")
-    got_s = "" if isinstance(got, dict) else f", got {got!r}"
-    return f"key '{key}': {err['msg']}{got_s}{more}"
+    msg = err["msg"].replace("Input should be", "should be").replace("Input is", "is")
+    return _clip(f"key '{key}'{more}: {msg}{_value_of(err.get('input'))}", 100)
+
+
+def _value_of(got: Any) -> str:
+    if isinstance(got, str):
+        got = got[:60]
+    if isinstance(got, str | int | float | bool) or got is None:
+        return f", got {_clip(repr(got), 24)}"
+    return f", got a {type(got).__name__}"
+
+
+def _clip(s: str, n: int) -> str:
+    s = " ".join(s.split())
+    return s if len(s) <= n else s[: n - 3] + "..."
 
 
 def _abs(root: Path, p: Path) -> Path:

@@ -1,13 +1,15 @@
-"""Files written whole or not at all, hashes read in one pass, paths kept inside their roots."""
+"""Files written whole or not at all, records appended whole or not at all, hashes read in one pass,
+paths kept inside their roots."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +86,45 @@ def model_hash(path: str | os.PathLike) -> str:
     for f in sorted(x for x in p.rglob("*") if x.is_file() and not any(s.startswith(".") for s in x.relative_to(p).parts)):
         h.update(f"{f.relative_to(p).as_posix()}\0{sha256_file(f)}\n".encode())
     return h.hexdigest()
+
+
+
+def append_line(path: str | os.PathLike, line: bytes) -> None:
+    """Append one record (`line`, ending in its only newline) to an append-only log, durably and whole.
+
+    Under an exclusive `flock` (appenders wait for each other; readers need none): if the file does
+    not end with a newline (a torn tail left by a crash or by an older writer) a newline is written
+    first, so the torn text stays a line of its own and the new record is never glued to it. The
+    record is then one `os.write` on an O_APPEND descriptor, its count checked, and fsynced. On any
+    failure (ENOSPC, EIO, EFBIG, a short write) the file is truncated back to its size before the
+    append, so nothing of this record remains, and OSError is raised with the cause: a short write is
+    followed by one write of the rest, which either completes the record or fails with the reason."""
+    if not line.endswith(b"\n") or b"\n" in line[:-1]:
+        raise ValueError("append_line: one line ending in a newline")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        _lock(fd)
+        size = os.fstat(fd).st_size
+        data = line if size == 0 or os.pread(fd, 1, size - 1) == b"\n" else b"\n" + line
+        try:
+            written = os.write(fd, data)
+            if written != len(data):  # the disk filled (or a size limit was hit) mid-record
+                rest = os.write(fd, data[written:])  # raises the kernel's reason (ENOSPC, EFBIG)
+                if written + rest != len(data):
+                    raise OSError(errno.EIO, f"short write ({written + rest} of {len(data)} bytes)")
+            os.fsync(fd)
+        except OSError:
+            with suppress(OSError):
+                os.ftruncate(fd, size)  # take back whatever part of the record landed
+                os.fsync(fd)
+            raise
+    finally:
+        os.close(fd)  # also releases the lock
+
+
+def _lock(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock (Windows): O_APPEND alone keeps records whole
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)

@@ -1,10 +1,13 @@
 """`lora-pipeline review RUN [--checkpoint ID] --decision accept|reject|needs-work --note TEXT [--by NAME]`:
-append one decision to storage/reviews.jsonl (flushed and fsynced; the file is never rewritten)."""
+append one decision to storage/reviews.jsonl, whole or not at all (fsynced; the file is never rewritten).
+A failed write (full disk, I/O error) exits 1 with one line naming the file and the cause; unreadable
+lines already in the log (torn by a crash) are reported as a warning on stderr."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from lora_pipeline.report.reviews import DECISIONS
 
@@ -19,9 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lora_pipeline.cli import UsageError
+    from lora_pipeline.cli import UsageError, WorkFailed
     from lora_pipeline.config import load_config
-    from lora_pipeline.report.reviews import ReviewError, append_review
+    from lora_pipeline.report.reviews import ReviewError, ReviewNotRecorded, append_review, read_review_log
     from lora_pipeline.storage import Storage
     from lora_pipeline.training.ingest import IngestError, load_run_record
 
@@ -40,6 +43,10 @@ def run(args: argparse.Namespace) -> int:
         entry = append_review(config.storage, args.run_id, args.checkpoint, args.decision, args.note, args.by)
     except ReviewError as e:
         raise UsageError(str(e)) from None
+    except ReviewNotRecorded as e:
+        raise WorkFailed(str(e)) from None
+    if problems := read_review_log(config.storage).summary():
+        print(f"warning: {problems}", file=sys.stderr)
     if args.json:
         print(json.dumps(entry))
     else:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from lora_pipeline import bounded_yaml
 from lora_pipeline.findings import Finding
 
 # Facts a run record carries, by dotted name (base_model.* and dataset.* are nested).
@@ -64,11 +65,11 @@ def read_config(path: Path, run: ParsedRun, root: Path) -> Any:
         text = path.read_text("utf-8")
         suffix = path.suffix.lower()
         if suffix in (".yaml", ".yml"):
-            return yaml.safe_load(text)
+            return bounded_yaml.load(text)
         if suffix == ".toml":
             return tomllib.loads(text)
         return json.loads(text)
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, yaml.YAMLError) as e:  # deep nesting too
         err = " ".join(str(e).split())[:300]
         run.findings.append(config_unknown(path, f"{rel}: cannot parse ({e.__class__.__name__}: {err})",
                                            file=rel, error=f"{e.__class__.__name__}: {err}"))
