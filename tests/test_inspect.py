@@ -119,7 +119,7 @@ def test_truncated_and_absurd_files_give_one_line_errors(tmp_path, kohya_run, ca
         f.write_bytes(payload)
         with pytest.raises(LoraFileError):
             read_safetensors(f)
-        assert main(["inspect", str(f)]) == 1
+        assert main(["inspect", str(f)]) == 2  # a file that is not valid safetensors is a bad argument
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and name in err and "Traceback" not in err
 

@@ -65,6 +65,7 @@ class FileModule:
     alpha_source: str = "none"  # tensor | lora_adapter_metadata | none
     scale: float = 1.0  # the format's multiplier on its product at strength 1.0
     dora: bool = False
+    malformed: list[str] = field(default_factory=list)  # what is wrong with it, one line each
 
     @property
     def tensors(self) -> int:
@@ -105,7 +106,7 @@ def adapter_metadata(md: dict[str, str]) -> dict[str, Any]:
         return {}
     try:
         v = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, absurdly nested, or an integer past Python's digit limit
         return {}
     return v if isinstance(v, dict) else {}
 
@@ -161,12 +162,26 @@ def _shape(sf: SafetensorsFile, key: str) -> list[int]:
     return list(sf.header[key]["shape"])
 
 
-def _scalar(sf: SafetensorsFile, key: str) -> float | None:
+def _dim(sf: SafetensorsFile, key: str, i: int) -> int | None:
+    """Dimension `i` of a tensor, None when the tensor has fewer (a hostile or damaged file)."""
+    shape = _shape(sf, key)
+    return shape[i] if -len(shape) <= i < len(shape) else None
+
+
+def _scalar(sf: SafetensorsFile, key: str) -> tuple[float | None, str | None]:
+    """(the value of a one-value tensor such as alpha, what is wrong with it): an alpha that is not
+    exactly one finite number is no alpha (scale 1.0), and says so; loaders would fail on it."""
+    t = sf.tensor(key).reshape(-1)
+    if t.size != 1:
+        what = "is empty (shape [0])" if t.size == 0 else f"holds {t.size} values, not one"
+        return None, f"alpha tensor {key!r} {what}: treated as no alpha (scale 1.0)"
     try:
-        v = float(sf.tensor(key).reshape(-1)[0])
-    except (IndexError, ValueError, KeyError):
-        return None
-    return v if math.isfinite(v) else None
+        v = float(t[0])
+    except (TypeError, ValueError, OverflowError):
+        return None, f"alpha tensor {key!r} is not a number: treated as no alpha (scale 1.0)"
+    if not math.isfinite(v):
+        return None, f"alpha tensor {key!r} is {v}: treated as no alpha (scale 1.0)"
+    return v, None
 
 
 def _module(sf: SafetensorsFile, key: str, parts: dict[str, str], meta: dict[str, Any]) -> FileModule:
@@ -174,7 +189,9 @@ def _module(sf: SafetensorsFile, key: str, parts: dict[str, str], meta: dict[str
     m = FileModule(key=key, component=component, path=canonical_path(path), algorithm="incomplete", parts=parts)
     roles = set(parts)
     unsupported = sorted({UNSUPPORTED_ROLES[r] for r in roles if r in UNSUPPORTED_ROLES})
-    alpha_t = _scalar(sf, parts["alpha"]) if "alpha" in parts else None
+    alpha_t, note = _scalar(sf, parts["alpha"]) if "alpha" in parts else (None, None)
+    if note:
+        m.malformed.append(note)
     m.dora = "magnitude" in roles
     if unsupported:
         m.algorithm = unsupported[0]
@@ -182,7 +199,7 @@ def _module(sf: SafetensorsFile, key: str, parts: dict[str, str], meta: dict[str
     if roles & {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"}:
         m.algorithm = "loha" if {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"} <= roles else "incomplete"
         if m.algorithm == "loha":
-            m.rank = _shape(sf, parts["hada_w1_b"])[0]
+            m.rank = _dim(sf, parts["hada_w1_b"], 0)
             _alpha_over_rank(m, alpha_t)
         return m
     if any(r.startswith("lokr_") for r in roles):
@@ -192,9 +209,9 @@ def _module(sf: SafetensorsFile, key: str, parts: dict[str, str], meta: dict[str
             return m
         m.algorithm = "lokr"
         if "lokr_w1_a" in roles:
-            m.rank = _shape(sf, parts["lokr_w1_a"])[1]
+            m.rank = _dim(sf, parts["lokr_w1_a"], 1)
         elif "lokr_w2_a" in roles:
-            m.rank = _shape(sf, parts["lokr_w2_a"])[1]
+            m.rank = _dim(sf, parts["lokr_w2_a"], 1)
         if m.rank is None:  # both factors full: LyCORIS ignores alpha, scale 1
             m.alpha, m.alpha_source, m.scale = alpha_t, "tensor" if alpha_t is not None else "none", 1.0
         else:
@@ -203,8 +220,11 @@ def _module(sf: SafetensorsFile, key: str, parts: dict[str, str], meta: dict[str
     if not {"down", "up"} <= roles:
         return m
     m.algorithm = "lora"
-    m.rank = _shape(sf, parts["down"])[0] if _shape(sf, parts["down"]) else None
+    m.rank = _dim(sf, parts["down"], 0)
     cfg = _peft_config_for(meta, component, path) if meta else None
+    if cfg is not None and _number(cfg["alpha"]) is None:
+        m.malformed.append(f"lora_adapter_metadata: lora_alpha {str(cfg['alpha'])[:40]!r} is not a number: ignored")
+        cfg = None
     if cfg is not None:
         m.alpha, m.alpha_source = float(cfg["alpha"]), "lora_adapter_metadata"
         rank = m.rank or 1
@@ -213,6 +233,17 @@ def _module(sf: SafetensorsFile, key: str, parts: dict[str, str], meta: dict[str
     else:
         _alpha_over_rank(m, alpha_t)
     return m
+
+
+def _number(v: Any) -> float | None:
+    """A finite real number from JSON, else None (strings, lists, booleans, NaN, huge ints)."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 def _alpha_over_rank(m: FileModule, alpha: float | None) -> None:
@@ -254,5 +285,5 @@ def _pattern_matches(pattern: str, module: str) -> bool:
         return True
     try:
         return re.fullmatch(rf"(.*\.)?(?:{pattern})", module) is not None
-    except re.error:
+    except (re.error, RecursionError, OverflowError):
         return False

@@ -53,6 +53,7 @@ class LoraFileReport:
     nonfinite_tensors: list[str] = field(default_factory=list)
     architecture: dict[str, Any] = field(default_factory=dict)
     declared: dict[str, Any] = field(default_factory=dict)  # rank/alpha/trigger/base from metadata
+    malformed: list[str] = field(default_factory=list)  # valid safetensors, broken LoRA parts: one line each
 
     @property
     def ranks(self) -> list[int]:
@@ -160,6 +161,7 @@ def _analyse(sf: SafetensorsFile) -> LoraFileReport:
     checked: dict[str, bool] = {}
     for fm in parsed.modules:
         info, seen = _module_info(sf, fm)
+        report.malformed += [note for note in fm.malformed if note not in report.malformed]
         report.modules.append(info)
         checked.update(seen)
         report.components[fm.component] = report.components.get(fm.component, 0) + 1
@@ -180,7 +182,8 @@ _SMALL = 1 << 16  # tensors up to this many elements are reduced in float64; lar
 def _as_matrix(sf: SafetensorsFile, key: str) -> np.ndarray:
     t = sf.tensor(key)
     t = t.astype(np.float64 if t.size <= _SMALL else np.float32, copy=False)
-    return t.reshape(t.shape[0], -1) if t.ndim else t.reshape(1, 1)
+    # explicit width: reshape(n, -1) cannot infer it for an empty tensor
+    return t.reshape(t.shape[0], int(np.prod(t.shape[1:]))) if t.ndim else t.reshape(1, 1)
 
 
 def _module_info(sf: SafetensorsFile, fm: formats.FileModule) -> tuple[ModuleInfo, dict[str, bool]]:
@@ -197,9 +200,14 @@ def _module_info(sf: SafetensorsFile, fm: formats.FileModule) -> tuple[ModuleInf
         checked[key] = bad > 0
         arrays[role] = arr.astype(np.float64)
     if info.nonfinite == 0:
-        with np.errstate(all="ignore"):
-            delta = _dense_delta(fm.algorithm, arrays)
-        if delta is not None:
+        try:
+            with np.errstate(all="ignore"):
+                delta = _dense_delta(fm.algorithm, arrays)
+        except (ValueError, IndexError, KeyError):  # factor shapes that do not fit together
+            delta = None
+            fm.malformed.append(f"module {fm.key!r}: its {fm.algorithm} factors' shapes do not fit together "
+                                "(norm not computed)")
+        if delta is not None and delta.ndim:
             info.out_features, info.in_features = int(delta.shape[0]), int(np.prod(delta.shape[1:]))
             info.delta_norm = float(fm.scale * np.linalg.norm(delta.reshape(-1)))
     return info, checked
@@ -300,6 +308,10 @@ def format_report(r: LoraFileReport) -> str:
     ]
     if r.declared:
         lines.append("declared:      " + ", ".join(f"{k}={v}" for k, v in r.declared.items()))
+    for note in r.malformed[:10]:
+        lines.append(f"MALFORMED:     {note}")
+    if len(r.malformed) > 10:
+        lines.append(f"MALFORMED:     ... and {len(r.malformed) - 10} more")
     if r.unmatched_keys:
         lines.append(f"unmatched:     {len(r.unmatched_keys)} key(s) not in a known LoRA family: {r.unmatched_keys[:3]}")
     lines.append("metadata:")

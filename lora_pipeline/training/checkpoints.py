@@ -29,7 +29,8 @@ from lora_pipeline.lora.safetensors_file import (
     refuse_pickle,
 )
 
-INDEX_VERSION = 2  # 2: architecture families sd3/flux1/flux2 and the file shape in the analysis
+INDEX_VERSION = 3  # 2: architecture families sd3/flux1/flux2 and the file shape in the analysis;
+# 3: the stricter safetensors validation and `malformed` (analyses cached before are re-checked)
 
 
 def _hash(data: bytes, out: list) -> None:
@@ -122,4 +123,4 @@ def compact(analysis: dict[str, Any]) -> dict[str, Any]:
     """The analysis without the bulky parts, for run-level use."""
     return {k: analysis.get(k) for k in ("sha256", "size", "key_format", "tensors", "ranks", "components",
                                          "total_delta_norm", "all_zero", "nonfinite_tensors", "architecture",
-                                         "declared")}
+                                         "declared", "malformed")}

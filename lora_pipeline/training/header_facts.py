@@ -5,16 +5,35 @@ weights themselves (rank from tensor shapes, alpha tensors, architecture from ke
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
-from lora_pipeline.training.common import architecture, as_float, as_int, iso_time, resolution
+from lora_pipeline.training import common
+from lora_pipeline.training.common import architecture
+
+
+def _safe(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`fn`, or None where a header value breaks it (a 400-digit step, a timestamp past year 9999):
+    header values are the file writer's, and one bad value must not cost the run its ingestion."""
+    def call(v: Any) -> Any:
+        try:
+            return fn(v)
+        except (ValueError, TypeError, OverflowError, OSError, RecursionError):
+            return None
+    return call
+
+
+as_float = _safe(common.as_float)
+as_int = _safe(common.as_int)
+iso_time = _safe(common.iso_time)
+resolution = _safe(common.resolution)
 
 
 def _json(v: Any) -> Any:
     if isinstance(v, str) and v[:1] in "{[":
         try:
             return json.loads(v)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, nested past the recursion limit, huge integers
             return None
     return v
 

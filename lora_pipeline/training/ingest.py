@@ -109,6 +109,11 @@ def _pickles(folder: Path, record: RunRecord) -> None:
             {"file": rel, "reason": "pickle", "size": p.stat().st_size}))
 
 
+# What a bug in the analysis of a malformed file would raise: the parser lets no such file through
+# (tests/test_safetensors_fuzz.py), but should one slip by, it costs its checkpoint, never the run.
+_ANALYSIS_BUGS = (ValueError, TypeError, IndexError, KeyError, ArithmeticError, RecursionError)
+
+
 def _read_candidates(parsed: ParsedRun, folder: Path, record: RunRecord, index: FileIndex, config: Config,
                      now: float) -> list[tuple[Candidate, dict[str, Any]]]:
     out = []
@@ -116,18 +121,20 @@ def _read_candidates(parsed: ParsedRun, folder: Path, record: RunRecord, index: 
         rel = cand.path.relative_to(folder).as_posix()
         try:
             analysis = index.analysis(rel, cand.path, config.checks.full_verify)
-        except (LoraFileError, OSError) as e:
-            try:
-                age = now - cand.path.stat().st_mtime
-            except OSError:
-                age = math.inf
-            if age < config.checks.checkpoint_settle_seconds and not header_complete(cand.path):
-                record.pending.append(rel)  # still being written: neither a checkpoint nor an error yet
-                continue
+        except (LoraFileError, OSError, *_ANALYSIS_BUGS) as e:
+            if isinstance(e, (LoraFileError, OSError)):
+                msg = str(e).replace(str(cand.path), rel)
+                try:
+                    age = now - cand.path.stat().st_mtime
+                except OSError:
+                    age = math.inf
+                if age < config.checks.checkpoint_settle_seconds and not header_complete(cand.path):
+                    record.pending.append(rel)  # still being written: neither a checkpoint nor an error yet
+                    continue
+            else:
+                msg = f"{rel}: cannot be analysed ({e.__class__.__name__}: {str(e)[:200]})".replace("\n", " ")
             record.ignored.append(rel)
-            msg = str(e).replace(str(cand.path), rel)
-            record.findings.append(Finding("RUNTIME.LORA_INVALID", str(cand.path), msg,
-                                           {"file": rel, "error": msg}))
+            record.findings.append(Finding("RUNTIME.LORA_INVALID", str(cand.path), msg, {"file": rel, "error": msg}))
             continue
         step, epoch = step_epoch(analysis.get("metadata") or {})
         cand.step = cand.step if cand.step is not None else step
@@ -160,6 +167,12 @@ def _checkpoints(read: list[tuple[Candidate, dict]], record: RunRecord) -> dict[
             mtime_ns=a.get("mtime_ns", 0), final=cand.final, total_delta_norm=_finite(a.get("total_delta_norm")),
             nonfinite_tensors=len(a.get("nonfinite_tensors") or [])))
         analyses[cid] = a
+        if a.get("malformed"):
+            bad = a["malformed"]
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            record.findings.append(Finding(
+                "RUNTIME.LORA_INVALID", str(cand.path), f"{cand.path.name}: {bad[0]}{more}.",
+                {"file": cand.path.name, "checkpoint_id": cid, "malformed": bad[:20]}))
         if a.get("nonfinite_tensors"):
             record.findings.append(Finding(
                 "RUNTIME.LORA_INVALID", str(cand.path),

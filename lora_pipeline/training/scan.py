@@ -95,7 +95,11 @@ class _Look:
 def _look(folder: Path, config: Config, now: float) -> _Look:
     folder = folder.resolve()
     run_id = run_id_for(folder.name)
-    parsed = FORMATS[detect_format(folder)].parse(folder)
+    fmt = detect_format(folder)
+    try:
+        parsed = FORMATS[fmt].parse(folder)
+    except OSError:  # a folder that vanished or cannot be listed mid-scan: no checkpoints, other runs go on
+        parsed = ParsedRun(format=fmt)
     index = FileIndex(index_path(config.storage, run_id))
     ready, pending = [], []
     for cand in parsed.candidates:

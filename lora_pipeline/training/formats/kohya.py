@@ -26,15 +26,17 @@ _EPOCH = re.compile(r"^(?P<name>.+)-(?P<n>\d{6})$")
 
 
 def _has_ss_header(path: Path) -> bool:
+    """The header's __metadata__ has kohya's keys; any unreadable or odd header is simply "no"."""
     try:
         with open(path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
             if n > 10_000_000:
                 return False
-            md = json.loads(f.read(n)).get("__metadata__") or {}
-    except (OSError, ValueError, struct.error, AttributeError):
+            doc = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error, RecursionError):
         return False
-    return "ss_network_module" in md or "ss_network_dim" in md
+    md = doc.get("__metadata__") if isinstance(doc, dict) else None
+    return isinstance(md, dict) and ("ss_network_module" in md or "ss_network_dim" in md)
 
 
 def detect(folder: Path) -> bool:

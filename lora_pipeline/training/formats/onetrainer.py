@@ -37,7 +37,10 @@ def parse(folder: Path) -> ParsedRun:
         m = _SAVE.search(p.stem)
         if m:
             run.candidates.append(Candidate(p, step=int(m["gs"]), epoch=int(m["ep"])))
-            ts = datetime.strptime(m["ts"], "%Y-%m-%d_%H-%M-%S").replace(tzinfo=UTC).isoformat()
+            try:
+                ts = datetime.strptime(m["ts"], "%Y-%m-%d_%H-%M-%S").replace(tzinfo=UTC).isoformat()
+            except ValueError:  # a file name with an impossible date (month 13) still names a checkpoint
+                continue
             started = min(started or ts, ts)
         else:
             run.candidates.append(Candidate(p))
