@@ -196,3 +196,17 @@ def test_loha_factors_that_do_not_fit_are_a_note_not_a_crash(tmp_path):
     r = inspect_file(f)
     assert r.modules[0].delta_norm is None
     assert r.malformed == [f"module {m!r}: its loha factors' shapes do not fit together (norm not computed)"]
+
+
+def test_the_evaluation_file_check_refuses_a_malformed_lora_part_once(tmp_path):
+    """Ingestion and the worker's file check agree: a LoRA part the format cannot use as written is
+    RUNTIME.LORA_INVALID (once, naming it), not a silent scale 1.0."""
+    from lora_pipeline.render.contract import check_lora_file
+    from lora_pipeline.render.spec import DeclaredBase, RunFacts
+
+    f = H.write(tmp_path / "empty-alpha.safetensors", H.CASES["empty_alpha"][0](b""))
+    facts = RunFacts(run_id="r", checkpoint_id="c", trigger="t", rank=4, alpha=2.0, resolution=64,
+                     base=DeclaredBase(None, None, None), caption_trigger="t", step=1)
+    findings, report = check_lora_file(f, facts, "r/c")
+    assert [x.code for x in findings] == ["RUNTIME.LORA_INVALID"] and report is None
+    assert "is empty (shape [0])" in findings[0].message

@@ -283,6 +283,8 @@ def _pattern_matches(pattern: str, module: str) -> bool:
     """peft's rule: the pattern names the module path, or a dotted suffix of it, or is a regex of it."""
     if module == pattern or module.endswith("." + pattern):
         return True
+    if len(pattern) > 200 or re.search(r"[)+*}]\s*[+*{]", pattern):  # nested quantifiers: may never end
+        return False
     try:
         return re.fullmatch(rf"(.*\.)?(?:{pattern})", module) is not None
     except (re.error, RecursionError, OverflowError):

@@ -194,6 +194,11 @@ def check_lora_file(path: Path, facts: RunFacts, subject: str
                                 f"{len(report.nonfinite_tensors)} tensor(s) hold NaN or Inf values.",
                                 {"path": str(p), "nonfinite_tensors": report.nonfinite_tensors[:20]}))
         return findings, None
+    if report.malformed:  # valid safetensors, but a LoRA part the format cannot use as written
+        more = f" (+{len(report.malformed) - 1} more)" if len(report.malformed) > 1 else ""
+        findings.append(Finding("RUNTIME.LORA_INVALID", subject, f"{report.malformed[0]}{more}.",
+                                {"path": str(p), "malformed": report.malformed[:20]}))
+        return findings, None
     if not report.modules:
         what = shape["description"] if shape["kind"] == "unknown" else "holds no LoRA module this reader knows"
         findings.append(Finding("RUNTIME.LORA_INVALID", subject,

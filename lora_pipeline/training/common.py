@@ -105,11 +105,9 @@ def read_jsonl(path: Path, run: ParsedRun, root: Path) -> list[dict]:
 def as_float(v: Any) -> float | None:
     if isinstance(v, bool) or v is None:
         return None
-    if isinstance(v, int | float):
-        return float(v)
-    try:
-        return float(str(v).strip())
-    except ValueError:
+    try:  # an int too large for a float, or a 5000-digit string, is no number we can use
+        return float(v) if isinstance(v, int | float) else float(str(v).strip()[:64])
+    except (ValueError, OverflowError):
         return None
 
 
@@ -130,7 +128,8 @@ def resolution(v: Any) -> int | None:
     if isinstance(v, list | tuple):
         nums = [as_int(x) for x in v]
     else:
-        nums = [int(x) for x in re.findall(r"\d+", str(v))] if v is not None else []
+        # at most 6 digits: a longer number is no resolution (and a 5000-digit one no int to parse)
+        nums = [int(x) for x in re.findall(r"(?<!\d)\d{1,6}(?!\d)", str(v)[:200])] if v is not None else []
     nums = [n for n in nums if n]
     return max(nums) if nums else None
 
@@ -157,7 +156,10 @@ def iso_time(v: Any) -> str | None:
     """Unix seconds (number or string) or an ISO string -> ISO 8601 UTC."""
     f = as_float(v)
     if f is not None and f > 1e8:
-        return datetime.fromtimestamp(f / 1000 if f > 1e12 else f, UTC).isoformat()
+        try:
+            return datetime.fromtimestamp(f / 1000 if f > 1e12 else f, UTC).isoformat()
+        except (OverflowError, OSError, ValueError):  # beyond the year 9999: not a time
+            return None
     if isinstance(v, str) and v:
         try:
             d = datetime.fromisoformat(v.replace("Z", "+00:00"))
