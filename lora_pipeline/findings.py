@@ -56,8 +56,9 @@ CATALOGUE: dict[str, CodeInfo] = {
            "The LoRA file is not visible to the worker that renders.",
            "Check the path from the worker's point of view (mounts, permissions, relative paths)."),
         _c("RUNTIME.LORA_INVALID", "error",
-           "The LoRA file is unreadable, not safetensors (pickles are refused), truncated, holds NaN/Inf, or "
-           "is not a LoRA (a full model checkpoint, alpha tensors only); the message says which.",
+           "The LoRA file is unreadable, not safetensors (pickles are refused), truncated or malformed (a "
+           "header the safetensors rules refuse, an empty or non-finite alpha, factors whose shapes do not fit), "
+           "holds NaN/Inf, or is not a LoRA (a full model checkpoint, alpha tensors only); the message says which.",
            "Point the run at the LoRA .safetensors file (a full model belongs under base_models); re-export a "
            "damaged or incomplete one from the trainer; discard checkpoints with NaN/Inf weights."),
         _c("RUNTIME.LORA_INCOMPATIBLE", "error",
