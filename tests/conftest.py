@@ -47,6 +47,27 @@ def toy_sdxl_base(tmp_path_factory) -> Path:
     return write_toy_base(tmp_path_factory.mktemp("models") / "toy-sdxl", seed=0, sdxl=True)
 
 
+def _toy_family(tmp_path_factory, family: str) -> Path:
+    from lora_pipeline.toy.base import write_toy_base
+
+    return write_toy_base(tmp_path_factory.mktemp("models") / f"toy-{family}", seed=0, family=family)
+
+
+@pytest.fixture(scope="session")
+def toy_sd3_base(tmp_path_factory) -> Path:
+    return _toy_family(tmp_path_factory, "sd3")
+
+
+@pytest.fixture(scope="session")
+def toy_flux1_base(tmp_path_factory) -> Path:
+    return _toy_family(tmp_path_factory, "flux1")
+
+
+@pytest.fixture(scope="session")
+def toy_flux2_base(tmp_path_factory) -> Path:
+    return _toy_family(tmp_path_factory, "flux2")
+
+
 @pytest.fixture(scope="session")
 def toy_dataset(tmp_path_factory) -> Path:
     from lora_pipeline.toy.dataset import write_toy_dataset

@@ -343,7 +343,9 @@ def probe_delta(pipe: Any, name: str) -> dict[str, Any]:
         def fwd():
             return te(ids)[0].float()
         where = comp
-    else:  # FLUX/transformer probe not implemented: rely on the tensor counts (documented, untested)
+    elif "transformer" in in_place:
+        fwd, where = _pipeline_step(pipe), "transformer"
+    else:
         return {"probe": "unavailable for this pipeline's denoiser", "probe_rel_delta": None}
     with torch.no_grad():
         on = fwd()
@@ -355,3 +357,23 @@ def probe_delta(pipe: Any, name: str) -> dict[str, Any]:
     base = float(off.norm()) or 1.0
     return {"probe": where, "probe_rel_delta": float((on - off).norm()) / base,
             "probe_noise_floor": float((off2 - off).norm()) / base}
+
+
+def _pipeline_step(pipe: Any) -> Any:
+    """For transformer pipelines (SD3, FLUX.1, FLUX.2): one denoising step of the pipeline itself on
+    fixed latents (seeded CPU generator), a fixed prompt (so text-encoder adapters count too) and the
+    pipeline's own guidance, at the smallest size its patching allows; returns the latents. One call
+    covers every family's input conventions (packed latents, guidance embedding, image ids)."""
+    import torch
+
+    from lora_pipeline.render.families import call_parameters
+
+    side = max(32, int(getattr(pipe, "vae_scale_factor", 8)) * 4)
+    kw: dict[str, Any] = {"num_inference_steps": 1, "height": side, "width": side, "output_type": "latent"}
+    if "max_sequence_length" in call_parameters(pipe):
+        kw["max_sequence_length"] = 32  # short text: the probe compares, it does not render
+
+    def fwd():
+        out = pipe(prompt="a photo of a chair", generator=torch.Generator("cpu").manual_seed(0), **kw)
+        return out.images.float()
+    return fwd

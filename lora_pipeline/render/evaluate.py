@@ -35,6 +35,7 @@ from typing import Any
 from lora_pipeline.findings import Finding, verdict
 from lora_pipeline.fsutil import atomic_write_json
 from lora_pipeline.render import cache, compare, contract, documents, infotext, manifest, ops, prompts
+from lora_pipeline.render.families import guidance, negative_ignored, text_encoders
 from lora_pipeline.render.pipeline import MEMORY_SETTINGS, CachedPipeline, discard, get_pipeline
 from lora_pipeline.render.render_one import RenderRequest, render_image, settings_changes
 from lora_pipeline.render.spec import ARMS, LORA_ARMS, BaseChoice, CheckpointInput, EvalSpec, RunFacts
@@ -111,6 +112,7 @@ class _Evaluation:
         self.first_call_here = False
         self.scheduler = ""
         self.sampler_a1111: dict[str, Any] | None = None
+        self.guidance: dict[str, Any] | None = None  # families.guidance: what guidance and negative prompt do
         self.token_counts: dict[tuple, dict] = {}
         self.cache = cache.RenderCache(inp.storage_root / cache.CACHE_DIR) \
             if inp.storage_root is not None and call_hook is None else None  # a hooked call may change pixels
@@ -189,10 +191,13 @@ class _Evaluation:
 
     def _prompt_checks(self, pipe: Any, report: Any) -> None:
         inp = self.inp
+        self.guidance = guidance(pipe, inp.spec.guidance_scale, inp.spec.negative_prompt)
+        self.findings += negative_ignored(self.guidance, inp.spec.negative_prompt, self.subject)
         metadata_trigger = report.declared.get("trigger") if report is not None else None
         found, self.token_counts = prompts.check_spec_prompts(
-            prompts.pipeline_tokenizers(pipe), inp.spec.prompts, inp.spec.negative_prompt, inp.facts.trigger,
-            {"captions": inp.facts.caption_trigger, "metadata": metadata_trigger}, self.subject)
+            text_encoders(pipe), inp.spec.prompts, inp.spec.negative_prompt, inp.facts.trigger,
+            {"captions": inp.facts.caption_trigger, "metadata": metadata_trigger}, self.subject,
+            negative_used=self.guidance["negative_prompt"] == "applied")
         self.findings += found
 
     def _lora_contract_failed(self) -> bool:
@@ -353,7 +358,7 @@ class _Evaluation:
                                                                     "changes": changes}))
         m = documents.render_manifest(inp, self.base_identity, req, out, timings, lora, template, self.load_timings,
                                       self.token_counts, self.scheduler, self.versions)
-        m["sampler_a1111"] = self.sampler_a1111
+        m["sampler_a1111"], m["guidance"] = self.sampler_a1111, self.guidance
         if key is not None:
             m.update(render_key=key, render_cache=cache_state)
         ts = time.perf_counter()

@@ -2,9 +2,11 @@
 
 - `{trigger}` is replaced by the trigger (trigger arms) or removed with the punctuation around it
   tidied (`lora_no_trigger`); a prompt without `{trigger}` gets `"<trigger>, "` prepended.
-- Token counts use every tokenizer of the pipeline (SDXL: two; FLUX: CLIP + T5 capped at 512), for
-  the positive and the negative prompt. Over the limit -> RUNTIME.PROMPT_TRUNCATED; the trigger's
-  tokens past the limit -> RUNTIME.TRIGGER_TRUNCATED.
+- Token counts use every text encoder of the pipeline with the limit the pipeline applies and the
+  text it really tokenizes (render/families.py: SDXL two CLIPs; SD3 two CLIPs + T5 at 256; FLUX.1
+  CLIP + T5 at 512; FLUX.2 Klein Qwen at 512 inside its chat template), for the positive prompt and
+  for the negative one where the pipeline uses it. Over the limit -> RUNTIME.PROMPT_TRUNCATED; the
+  trigger's tokens past the limit -> RUNTIME.TRIGGER_TRUNCATED.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import re
 from typing import Any
 
 from lora_pipeline.findings import Finding
+from lora_pipeline.render.families import TextEncoder
 
-T5_MAX = 512  # FLUX's max_sequence_length cap
 _STOPWORDS = frozenset("""a an the of on in at with and or to from by for is are be this that it its as into
 onto over under near very some any no not without""".split())
 
@@ -37,26 +39,8 @@ def tidy(text: str) -> str:
     return re.sub(r"\s+", " ", s).strip()
 
 
-def pipeline_tokenizers(pipe: Any) -> dict[str, Any]:
-    return {name: getattr(pipe, name) for name in ("tokenizer", "tokenizer_2", "tokenizer_3")
-            if getattr(pipe, name, None) is not None}
-
-
-def token_limit(tok: Any) -> int:
-    n = int(getattr(tok, "model_max_length", 77) or 77)
-    return T5_MAX if n > 100_000 or "T5" in type(tok).__name__ else n
-
-
 def _content_ids(tok: Any, text: str) -> list[int]:
     return list(tok(text, add_special_tokens=False, truncation=False).input_ids)
-
-
-def token_counts(tokenizers: dict[str, Any], text: str) -> dict[str, int]:
-    """Tokens with the special tokens each encoder adds (the number compared with its limit)."""
-    out = {}
-    for name, tok in tokenizers.items():
-        out[name] = len(tok(text, truncation=False).input_ids)
-    return out
 
 
 def _specials(tok: Any) -> tuple[int, int]:
@@ -77,28 +61,33 @@ def trigger_span(tok: Any, prompt: str, trigger: str) -> tuple[int, int] | None:
     return start, start + len(_content_ids(tok, trigger))
 
 
-def check_prompt(tokenizers: dict[str, Any], prompt: str, negative: str, trigger: str | None,
+def check_prompt(encoders: dict[str, TextEncoder], prompt: str, negative: str | None, trigger: str | None,
                  subject: str, where: dict[str, Any]) -> tuple[list[Finding], dict[str, Any]]:
-    """Truncation findings for one resolved prompt (and its negative) and the token counts."""
+    """Truncation findings for one resolved prompt (and its negative, None when the pipeline does not
+    use it) and the token counts."""
     findings: list[Finding] = []
-    counts = {"prompt": token_counts(tokenizers, prompt), "negative_prompt": token_counts(tokenizers, negative)}
-    for kind, text in (("prompt", prompt), ("negative_prompt", negative)):
-        for name, n in counts[kind].items():
-            limit = token_limit(tokenizers[name])
+    texts = {"prompt": prompt, "negative_prompt": negative}
+    counts = {kind: {name: len(enc.tokenizer(enc.frame(text), truncation=False).input_ids)
+                     for name, enc in encoders.items()}
+              for kind, text in texts.items() if text is not None}
+    for kind, by_encoder in counts.items():
+        for name, n in by_encoder.items():
+            limit = encoders[name].limit
             if n > limit:
                 findings.append(Finding("RUNTIME.PROMPT_TRUNCATED", subject,
                                         f"The {kind.replace('_', ' ')} has {n} tokens for {name} (limit {limit}); "
                                         f"the text encoder never sees the last {n - limit}.",
                                         {**where, "which": kind, "tokenizer": name, "tokens": n, "limit": limit,
-                                         "text": text}))
+                                         "text": texts[kind]}))
     if trigger and trigger in prompt:
-        for name, tok in tokenizers.items():
-            span, limit = trigger_span(tok, prompt, trigger), token_limit(tok)
+        for name, enc in encoders.items():
+            tok, limit = enc.tokenizer, enc.limit
+            span = trigger_span(tok, enc.frame(prompt), trigger)
             _, after = _specials(tok)
             if span and span[1] > limit - after:
                 findings.append(Finding("RUNTIME.TRIGGER_TRUNCATED", subject,
-                                        f"The trigger {trigger!r} sits at tokens {span[0]}-{span[1] - 1} for {name}, "
-                                        f"past the {limit}-token limit: the model never sees it.",
+                                        f"The trigger {trigger!r} is at tokens {span[0]}-{span[1] - 1} of {name}'s "
+                                        f"encoding, past its {limit}-token limit: the model never sees it.",
                                         {**where, "tokenizer": name, "trigger_tokens": list(span), "limit": limit,
                                          "prompt": prompt}))
     return findings, counts
@@ -138,20 +127,22 @@ def check_negative(prompt: str, negative: str, subject: str, where: dict[str, An
                     {**where, "words": both, "prompt": prompt, "negative_prompt": negative})]
 
 
-def check_spec_prompts(tokenizers: dict[str, Any], templates: tuple[str, ...] | list[str], negative: str,
-                       trigger: str | None, references: dict[str, str | None], subject: str
-                       ) -> tuple[list[Finding], dict[tuple, dict]]:
+def check_spec_prompts(encoders: dict[str, TextEncoder], templates: tuple[str, ...] | list[str], negative: str,
+                       trigger: str | None, references: dict[str, str | None], subject: str,
+                       negative_used: bool = True) -> tuple[list[Finding], dict[tuple, dict]]:
     """Every prompt check of an eval spec for one run: the trigger against its references, each
-    prompt with and without the trigger on every tokenizer (a finding once per code, tokenizer and
-    prompt; once per negative text), and the negative prompt against each prompt. Returns the
-    findings and the token counts per (prompt index, with trigger)."""
+    prompt with and without the trigger on every encoder (a finding once per code, encoder and
+    prompt; once per negative text), and the negative prompt against each prompt where the pipeline
+    uses it. Returns the findings and the token counts per (prompt index, with trigger)."""
+    tokenizers = {name: enc.tokenizer for name, enc in encoders.items()}
     findings = check_trigger(tokenizers, trigger, references, subject)
     counts_by_arm: dict[tuple, dict] = {}
     seen: set[tuple] = set()
     for pi, template in enumerate(templates):
         for with_trigger in (True, False):
             text = arm_prompt(template, trigger, with_trigger)
-            found, counts = check_prompt(tokenizers, text, negative, trigger if with_trigger else None, subject,
+            found, counts = check_prompt(encoders, text, negative if negative_used else None,
+                                         trigger if with_trigger else None, subject,
                                          {"prompt_index": pi, "with_trigger": with_trigger})
             counts_by_arm[(pi, with_trigger)] = counts
             for f in found:
@@ -161,5 +152,6 @@ def check_spec_prompts(tokenizers: dict[str, Any], templates: tuple[str, ...] | 
                 if key not in seen:
                     seen.add(key)
                     findings.append(f)
-        findings += check_negative(arm_prompt(template, trigger, True), negative, subject, {"prompt_index": pi})
+        if negative_used:
+            findings += check_negative(arm_prompt(template, trigger, True), negative, subject, {"prompt_index": pi})
     return findings, counts_by_arm

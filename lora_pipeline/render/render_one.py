@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lora_pipeline.render.families import call_parameters
 from lora_pipeline.render.ops import Heartbeat, PhaseClock
 from lora_pipeline.render.spec import EvalSpec
 
@@ -57,15 +58,21 @@ def render_image(pipe: Any, spec: EvalSpec, req: RenderRequest, clock: PhaseCloc
 
     step_s: list[float] = []
     last = {"t": time.perf_counter()}
+    # A pipeline without a negative_prompt parameter (FLUX.2 Klein) gets none: nothing reaches the model.
+    takes_negative = "negative_prompt" in call_parameters(pipe)
     kwargs: dict[str, Any] = {
-        "prompt": req.prompt, "negative_prompt": req.negative_prompt, "num_inference_steps": spec.steps,
+        "prompt": req.prompt, "num_inference_steps": spec.steps,
         "guidance_scale": spec.guidance_scale, "width": spec.width, "height": spec.height,
         "num_images_per_prompt": 1, "output_type": "pil",
     }
+    if takes_negative:
+        kwargs["negative_prompt"] = req.negative_prompt
     if call_hook is not None:
         kwargs = call_hook(dict(kwargs))
     requested = {k: kwargs.get(k) for k in ("num_inference_steps", "guidance_scale", "width", "height",
                                             "prompt", "negative_prompt", "num_images_per_prompt")}
+    if not takes_negative:
+        requested["negative_prompt"] = ""
     total = int(kwargs["num_inference_steps"])
 
     def on_step_end(p: Any, i: int, t: Any, cb_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -110,15 +117,18 @@ def render_image(pipe: Any, spec: EvalSpec, req: RenderRequest, clock: PhaseCloc
     image = result.images[0]
     observed = {"steps_run": len(step_s), "width": image.size[0], "height": image.size[1],
                 "guidance_scale": float(getattr(pipe, "guidance_scale", kwargs["guidance_scale"])),
-                "scheduler": type(pipe.scheduler).__name__}
+                "scheduler": type(pipe.scheduler).__name__, "negative_prompt_parameter": takes_negative}
     return RenderOutput(image=image, requested=requested, observed=observed, step_s=[round(s, 6) for s in step_s],
                         pixels_sha256=pixels_sha256(image))
 
 
 def settings_changes(spec: EvalSpec, req: RenderRequest, out: RenderOutput, scheduler: str) -> dict[str, Any]:
     """Every setting whose requested or observed value differs from the spec (empty when controlled)."""
+    # Where the pipeline takes no negative prompt, none is the controlled value (families.negative_ignored
+    # reports the spec's one as not applied, once per evaluation).
+    negative = req.negative_prompt if out.observed.get("negative_prompt_parameter", True) else ""
     want = {"num_inference_steps": spec.steps, "guidance_scale": spec.guidance_scale, "width": spec.width,
-            "height": spec.height, "prompt": req.prompt, "negative_prompt": req.negative_prompt,
+            "height": spec.height, "prompt": req.prompt, "negative_prompt": negative,
             "num_images_per_prompt": 1}
     diffs = {k: {"spec": v, "passed": out.requested.get(k)} for k, v in want.items() if out.requested.get(k) != v}
     seen = {"steps_run": spec.steps, "width": spec.width, "height": spec.height,
