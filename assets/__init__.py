@@ -18,9 +18,11 @@ DOMAIN_MODULES: list[str] = ["dataset", "training", "evaluation", "reports", "au
 def build_definitions(config_path: str | None = None, config: Config | None = None) -> dg.Definitions:
     import importlib
 
+    from lora_pipeline.dataset.guard import protect_workspace
     from resources import build_resources
 
     config = config if config is not None else load_config(config_path)
+    protect_workspace(config)  # its storage, runs and Dagster home are never part of a dataset
     parts = []
     for name in DOMAIN_MODULES:
         try:

@@ -27,6 +27,7 @@ from lora_pipeline.training.ingest import (
     run_folder,
     write_run_record,
 )
+from lora_pipeline.training.record import Roots
 from lora_pipeline.training.scan import fingerprint_of, scan_runs
 from resources.settings import PipelineSettings
 
@@ -115,6 +116,8 @@ def analyse_partition(config: Config, partition_key: str) -> tuple[dict, list[Fi
         record = load_run_record(config.storage, run_id)
     except IngestError:
         record = None
+    if record is not None:  # its paths as they are in this workspace (moved or copied since written)
+        record = record.reanchored(Roots.of(config))
     if record is None or record.checkpoint(cid) is None:
         record = ingest_run(folder, config).record
     ck = record.checkpoint(cid)

@@ -17,12 +17,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", metavar="DIR", default=None,
                    help="a diffusers base model folder whose tokenizer counts caption tokens "
                         "(without it the count is an estimate)")
+    p.add_argument("--max-file-mb", metavar="MB", type=float, default=256.0,
+                   help="dataset files larger than this are refused unread and reported (default 256)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def run(args: argparse.Namespace) -> int:
     from lora_pipeline.cli import UsageError
     from lora_pipeline.dataset.checks import CheckInput, notes, run_checks
+    from lora_pipeline.dataset.guard import display_path
     from lora_pipeline.dataset.layout import DatasetError
     from lora_pipeline.dataset.scan import scan_dataset
     from lora_pipeline.findings import verdict
@@ -31,26 +34,30 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--resolution: must be a positive number of pixels, got {args.resolution}")
     if args.min_images < 1:
         raise UsageError(f"--min-images: must be at least 1, got {args.min_images}")
+    if not 0 < args.max_file_mb < float("inf"):
+        raise UsageError(f"--max-file-mb: must be a positive number of MiB, got {args.max_file_mb}")
     if args.base is not None:
         from pathlib import Path
 
         if not Path(args.base).is_dir():
             raise UsageError(f"--base {args.base}: not a folder")
     try:
-        scan = scan_dataset(args.path)
+        scan = scan_dataset(args.path, max_file_bytes=int(args.max_file_mb * 1024 * 1024))
     except DatasetError as e:
         raise UsageError(str(e)) from None
     assert scan.frame is not None
-    inp = CheckInput(scan.frame, str(scan.root), scan.listing.orphan_captions, scan.listing.refused_symlinks,
+    root = display_path(str(scan.root))
+    inp = CheckInput(scan.frame, root, scan.listing.orphan_captions, scan.listing.refused_symlinks,
                      trigger=args.trigger, resolution=args.resolution, min_images=args.min_images,
-                     tokenizer_base=args.base)
+                     tokenizer_base=args.base, excluded=scan.listing.excluded)
     findings = run_checks(inp)
     note_lines = notes(inp, scan.listing.metadata_decode_errors)
     if args.json:
         doc = {
-            "dataset": str(scan.root), "content_id": scan.content_id,
+            "dataset": root, "content_id": scan.content_id,
             "counts": {"images": scan.frame.height, "files": len(scan.files),
-                       "orphan_captions": len(scan.listing.orphan_captions)},
+                       "orphan_captions": len(scan.listing.orphan_captions),
+                       "refused": len(scan.listing.refused_symlinks), "excluded_folders": len(scan.listing.excluded)},
             "codes": sorted({f.code for f in findings}),
             "verdict": verdict(findings),
             "findings": [f.to_dict() for f in findings],
@@ -58,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         }
         print(json.dumps(doc, indent=1, ensure_ascii=False))
         return 0
-    print(f"{scan.root}: {scan.frame.height} images, {len(scan.files)} files, content id {scan.content_id}")
+    print(f"{root}: {scan.frame.height} images, {len(scan.files)} files, content id {scan.content_id}")
     for f in findings:
         print(f"{f.severity:5} {f.code}: {f.message}")
         ex = f.evidence.get("examples") or []

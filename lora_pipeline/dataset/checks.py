@@ -6,7 +6,7 @@ same frame built in memory by `check-dataset`) and returns `Finding`s whose evid
 |---|---|---|
 | pairing | IMAGE_WITHOUT_CAPTION, CAPTION_WITHOUT_IMAGE | every image has a caption, every caption an image |
 | empty_captions | EMPTY_CAPTION | a caption that is empty or whitespace only |
-| readable_images | UNREADABLE_IMAGE | truncated, not an image, 0 bytes, decompression-bomb size, symlink out of the root |
+| readable_images | UNREADABLE_IMAGE | truncated, not an image, 0 bytes, decompression-bomb size; an image file refused unread: symlink out of the root or looping, FIFO/socket/device, name not UTF-8, over the size cap |
 | literal_captions | VAGUE_CAPTIONS | a caption carries one of `VAGUE_TERMS` |
 | caption_variety | UNIFORM_CAPTIONS | distinct captions / captions < `min_distinct_caption_ratio` (default 0.5) |
 | trigger | TRIGGER_INCONSISTENT | the trigger is absent from a caption, or spelled differently (case, `_`/`-`/space) |
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from lora_pipeline.dataset.guard import parse_refusal
 from lora_pipeline.dataset.layout import IMAGE_EXTENSIONS
 from lora_pipeline.findings import Finding
 
@@ -47,13 +48,24 @@ class CheckInput:
     frame: pl.DataFrame  # the manifest (lora_pipeline.dataset.schema)
     subject: str  # the dataset's name or folder, for the findings' subject
     orphan_captions: list[str] = field(default_factory=list)
-    refused_symlinks: list[str] = field(default_factory=list)
+    refused_symlinks: list[str] = field(default_factory=list)  # every refused entry (guard.refusal)
     trigger: str | None = None
     resolution: int = 512
     min_images: int = 10
     min_distinct_caption_ratio: float = 0.5
     near_duplicate_distance: int = 4
     tokenizer_base: Path | None = None  # a base model folder with tokenizer/, else an estimate
+    excluded: list[str] = field(default_factory=list)  # "<folder>\t<why>": lora-pipeline's own folders left out
+
+
+def refused_images(inp: CheckInput) -> dict[str, str]:
+    """Image files refused unread (path -> reason)."""
+    out = {}
+    for entry in inp.refused_symlinks:
+        rel, reason = parse_refusal(entry)
+        if Path(rel).suffix.lower() in IMAGE_EXTENSIONS:
+            out[rel] = reason
+    return out
 
 
 def _ev(paths: list[str], **extra) -> dict:
@@ -89,16 +101,16 @@ def check_empty_captions(inp: CheckInput) -> list[Finding]:
 
 def check_readable_images(inp: CheckInput) -> list[Finding]:
     bad = inp.frame.filter(pl.col("image_error").is_not_null()).select("path", "image_error").rows()
-    links = [p for p in inp.refused_symlinks if Path(p).suffix.lower() in IMAGE_EXTENSIONS]
-    reasons = {p: r for p, r in bad} | {p: "symlink leaves the dataset root" for p in links}
+    reasons = {p: r for p, r in bad} | refused_images(inp)
     if not reasons:
         return []
     paths = sorted(reasons)
     by_reason: dict[str, int] = defaultdict(int)
     for r in reasons.values():
         by_reason[r.split(" (")[0]] += 1
+    verb = "cannot be read or decoded" if set(reasons) - {p for p, _ in bad} else "cannot be decoded"
     return [Finding("DATASET.UNREADABLE_IMAGE", inp.subject,
-                    f"{len(paths)} image(s) cannot be decoded ({', '.join(sorted(by_reason))}).",
+                    f"{len(paths)} image(s) {verb} ({', '.join(sorted(by_reason))}).",
                     _ev(paths, reasons={p: reasons[p] for p in paths[:MAX_EXAMPLES]},
                         by_reason=dict(by_reason)))]
 
@@ -318,9 +330,15 @@ def notes(inp: CheckInput, metadata_decode_errors: list[str] = ()) -> list[str]:
     if bad:
         out.append(f"{len(bad)} caption file(s) are not UTF-8 and were read with replacement characters: "
                    + ", ".join(bad[:MAX_EXAMPLES]))
-    if inp.refused_symlinks:
-        out.append(f"{len(inp.refused_symlinks)} symlink(s) leave the dataset root and were refused: "
-                   + ", ".join(inp.refused_symlinks[:MAX_EXAMPLES]))
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for entry in inp.refused_symlinks:
+        rel, reason = parse_refusal(entry)
+        by_reason[reason.split(" (")[0]].append(rel)
+    for reason, paths in sorted(by_reason.items()):
+        out.append(f"{len(paths)} file(s) refused, not read ({reason}): " + ", ".join(paths[:MAX_EXAMPLES]))
+    for entry in inp.excluded:
+        folder, _, why = entry.partition("\t")
+        out.append(f"{folder}/ left out of the dataset: it is {why}")
     if not inp.trigger:
         out.append("no trigger given: the trigger check was skipped")
     return out

@@ -7,6 +7,8 @@ It is written as 16 lower-case hex digits. numpy + PIL only.
 
 An image that cannot be decoded gets a reason instead of a size: `empty file (0 bytes)`,
 `truncated`, `not an image`, `decompression-bomb size (W x H pixels)` or `cannot decode (...)`.
+Memory is bounded: the declared size is checked against `max_pixels` before any pixel is decoded,
+whatever PIL's global `Image.MAX_IMAGE_PIXELS` says (a library may have set it to None).
 """
 
 from __future__ import annotations
@@ -88,6 +90,8 @@ def probe_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
         return ImageInfo(sha, len(data), error="not an image")
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as e:
         return ImageInfo(sha, len(data), error=_reason(e))
+    except Exception as e:  # noqa: BLE001 - a hostile file may trip any decoder; it is a finding, not a crash
+        return ImageInfo(sha, len(data), error=f"cannot decode ({e.__class__.__name__}: {str(e)[:120]})")
 
 
 def _bomb_size(e: BaseException) -> str:
@@ -97,7 +101,11 @@ def _bomb_size(e: BaseException) -> str:
     return f"{m.group(1)} pixels" if m else "too many pixels"
 
 
-def probe_file(path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[ImageInfo, bytes]:
-    with open(path, "rb") as f:
-        data = f.read()
+def probe_file(path, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_bytes: int | None = None) -> tuple[ImageInfo, bytes]:
+    """Read (at most `max_bytes`, never blocking on a FIFO) and probe one file. Raises
+    lora_pipeline.dataset.guard.Refused when it is not a regular file or is too large."""
+    from lora_pipeline.dataset.guard import DEFAULT_MAX_FILE_BYTES, read_capped
+
+    data = read_capped(path, DEFAULT_MAX_FILE_BYTES if max_bytes is None else max_bytes)
     return probe_bytes(data, max_pixels), data

@@ -5,19 +5,42 @@
 - `metadata.jsonl` / `metadata.csv` with `file_name` + `text` (imagefolder style), in any folder,
   `file_name` relative to that file's folder.
 
-Hidden and system files are ignored. Symlinks that leave the dataset root are refused and listed.
+Hidden and system files are ignored. What the walk refuses (symlinks leaving the root, symlink
+loops, special files, names that are not UTF-8, files over the size cap) is listed with the reason
+and never read; lora-pipeline's own folders (storage, runs, Dagster home) are excluded
+(lora_pipeline.dataset.guard).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import re
-from collections.abc import Callable
+import stat
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lora_pipeline.dataset.guard import (
+    CONFIG_FILENAME,
+    DEFAULT_MAX_FILE_BYTES,
+    SYMLINK_OUT,
+    Refused,
+    config_roots,
+    dir_key,
+    display_path,
+        is_utf8,
+    os_reason,
+    pipeline_folder,
+    protected,
+    read_capped,
+    refusal,
+    special_file,
+    too_large,
+)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 CAPTION_EXTENSIONS = (".txt", ".caption")  # .txt wins when both exist
@@ -44,9 +67,10 @@ class DatasetListing:
     root: Path
     pairs: list[Pair] = field(default_factory=list)
     orphan_captions: list[str] = field(default_factory=list)  # caption files / metadata rows without image
-    refused_symlinks: list[str] = field(default_factory=list)
+    refused_symlinks: list[str] = field(default_factory=list)  # every refused entry (guard.refusal)
     files: list[str] = field(default_factory=list)  # every regular file considered (relative)
     metadata_decode_errors: list[str] = field(default_factory=list)  # metadata files read with replacement
+    excluded: list[str] = field(default_factory=list)  # "<folder>\t<why>": lora-pipeline's own folders
 
     @property
     def images(self) -> list[str]:
@@ -57,9 +81,12 @@ def _ignored(name: str) -> bool:
     return name.startswith(".") or name.lower() in SYSTEM_FILES
 
 
-def read_text_lenient(path: Path) -> tuple[str, bool]:
+def read_text_lenient(path: Path, cap: int = DEFAULT_MAX_FILE_BYTES) -> tuple[str, bool]:
     """Read a caption; non-UTF-8 bytes become replacement characters and are flagged."""
-    data = path.read_bytes()
+    try:
+        data = read_capped(path, cap)
+    except Refused as e:
+        raise DatasetError(f"{display_path(str(path))}: {e}") from None
     try:
         return data.decode("utf-8-sig"), False
     except UnicodeDecodeError:
@@ -75,52 +102,130 @@ def _repeats_for(rel: Path) -> int:
 
 
 def _inside(root: Path, path: Path) -> bool:
+    """Whether `path`, with every symlink followed, is under `root` (already resolved)."""
     try:
-        path.resolve().relative_to(root)
-        return True
-    except (ValueError, OSError):
+        real = os.path.realpath(path)
+    except (OSError, ValueError):
         return False
+    return real == str(root) or real.startswith(str(root).rstrip(os.sep) + os.sep)
 
 
-def walk_stats(root: Path) -> tuple[list[tuple[str, int, int]], list[str]]:
-    """(relative POSIX path, size, mtime_ns) of every regular file under root, sorted, and the
-    symlinks refused because they leave the root. One scandir pass: no extra stat per file."""
-    files: list[tuple[str, int, int]] = []
-    refused: list[str] = []
-    root_s = str(root)
-    stack = [("", root_s)]
+@dataclass
+class Walked:
+    """One pass over a dataset folder."""
+
+    files: list[tuple[str, int, int]] = field(default_factory=list)  # (relative path, size, mtime_ns), sorted
+    refused: list[str] = field(default_factory=list)  # `refusal()` entries, sorted
+    excluded: list[str] = field(default_factory=list)  # "<folder>\t<why>": lora-pipeline's own folders
+
+
+def walk_dataset(root: Path, *, exclude: Iterable[str | os.PathLike | tuple[str | os.PathLike, str]] = (),
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Walked:
+    """Every regular file under root, in one scandir pass (no extra stat per file), without ever
+    opening one. Refused (listed, not followed or read): symlinks leaving the root, symlink loops,
+    broken symlinks; dataset files that are FIFOs, sockets or devices, have a name that is not
+    UTF-8, or are larger than `max_file_bytes`. Excluded (listed, not walked): the folders in
+    `exclude`, the workspaces' folders registered with `guard.protect_workspace`, `$DAGSTER_HOME`,
+    the storage and runs folders a lora_pipeline.yaml inside names, and folders that are a
+    lora-pipeline storage or Dagster home by their content."""
+    out = Walked()
+    root_key = dir_key(str(root))
+    excluded: dict[tuple[int, int], str] = {}
+
+    def add_exclusion(path: str | os.PathLike, why: str) -> None:
+        key = dir_key(os.fspath(path))
+        if key is not None and key != root_key:
+            excluded.setdefault(key, why)
+
+    for p in exclude:  # a folder, or (folder, why)
+        add_exclusion(*(p if isinstance(p, tuple) else (p, "a folder excluded by the caller")))
+    for p, why in protected().items():
+        add_exclusion(p, why)
+    if os.environ.get("DAGSTER_HOME"):
+        add_exclusion(os.environ["DAGSTER_HOME"], "the Dagster home")
+    seen: set = {root_key}
+    stack: list[tuple[str, str, bool, tuple[int, int] | None]] = [("", str(root), False, root_key)]
     while stack:
-        prefix, folder = stack.pop()
+        prefix, folder, bad_name, key = stack.pop()
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            if not prefix:
+                raise DatasetError(f"{root}: cannot list the dataset folder ({e.strerror})") from None
+            out.refused.append(refusal(prefix[:-1], f"folder cannot be listed ({e.strerror})"))
             continue
+        names = {e.name for e in entries}
+        why = excluded.get(key) if key else None
+        if why is None and prefix:
+            why = pipeline_folder(folder, names)
+        if why:
+            out.excluded.append(f"{display_path(prefix[:-1])}\t{why}")
+            continue
+        if CONFIG_FILENAME in names:
+            for path, reason in config_roots(os.path.join(folder, CONFIG_FILENAME)):
+                add_exclusion(path, reason)
         for e in entries:
             if _ignored(e.name):
                 continue
             rel = prefix + e.name
-            if e.is_symlink():
-                if not _inside(root, Path(e.path)):
-                    refused.append(rel)
+            dataset_named = is_dataset_file(rel)
+            name_bad = bad_name or not is_utf8(e.name)
+            try:
+                if e.is_symlink():
+                    _symlink(root, e, rel, dataset_named, name_bad, max_file_bytes, out)
                     continue
-                if e.is_dir():  # a linked folder inside the root is walked where it really is
+                if e.is_dir(follow_symlinks=False):
+                    sub = (e.stat(follow_symlinks=False).st_dev, e.inode())
+                    if sub not in seen:  # a bind mount looping back is walked once
+                        seen.add(sub)
+                        stack.append((rel + "/", e.path, name_bad, sub))
                     continue
-            if e.is_dir(follow_symlinks=False):
-                stack.append((rel + "/", e.path))
-            elif e.is_file():
-                try:
-                    st = e.stat()
-                except OSError:
+                if not dataset_named:
+                    if e.is_file(follow_symlinks=False) and not name_bad:
+                        st = e.stat(follow_symlinks=False)
+                        out.files.append((rel, st.st_size, st.st_mtime_ns))
                     continue
-                files.append((rel, st.st_size, st.st_mtime_ns))
-    files.sort()
-    return files, sorted(refused)
+                st = e.stat(follow_symlinks=False)
+            except OSError as err:
+                out.refused.append(refusal(rel, os_reason(err)))
+                continue
+            _regular(rel, st, name_bad, max_file_bytes, out)
+    out.files.sort()
+    out.refused.sort()
+    out.excluded.sort()
+    return out
 
 
-def walk_files(root: Path) -> tuple[list[Path], list[str]]:
-    """Regular files under root (relative), and symlinks refused because they leave the root."""
-    files, refused = walk_stats(root)
-    return [Path(f[0]) for f in files], refused
+def _regular(rel: str, st: os.stat_result, name_bad: bool, cap: int, out: Walked) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        out.refused.append(refusal(rel, special_file(st.st_mode)))
+    elif name_bad:
+        out.refused.append(refusal(rel, "file name is not valid UTF-8"))
+    elif st.st_size > cap:
+        out.refused.append(refusal(rel, too_large(st.st_size, cap)))
+    else:
+        out.files.append((rel, st.st_size, st.st_mtime_ns))
+
+
+def _symlink(root: Path, e: os.DirEntry, rel: str, dataset_named: bool, name_bad: bool, cap: int,
+             out: Walked) -> None:
+    try:
+        st = os.stat(e.path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            out.refused.append(refusal(rel, "symlink loop"))
+        elif dataset_named:
+            out.refused.append(refusal(rel, "broken symlink" if err.errno == errno.ENOENT else os_reason(err)))
+        return
+    if not _inside(root, Path(e.path)):
+        out.refused.append(refusal(rel, SYMLINK_OUT))
+    elif stat.S_ISDIR(st.st_mode):
+        return  # a linked folder inside the root is walked where it really is
+    elif dataset_named:
+        _regular(rel, st, name_bad, cap, out)
+    elif stat.S_ISREG(st.st_mode) and not name_bad:
+        out.files.append((rel, st.st_size, st.st_mtime_ns))
 
 
 def _read_metadata(path: Path, root: Path, read_text: CaptionReader) -> tuple[dict[str, tuple[str, str]], bool]:
@@ -161,11 +266,11 @@ def is_dataset_file(rel: str) -> bool:
 
 
 def list_dataset(root: str | os.PathLike, read_text: CaptionReader | None = None,
-                 walked: tuple[list[Path], list[str]] | None = None) -> DatasetListing:
-    """Pair every image with its caption; list orphans and refused symlinks.
+                 walked: Walked | None = None) -> DatasetListing:
+    """Pair every image with its caption; list orphans, refused entries and excluded folders.
 
     `read_text(rel)` reads a caption or metadata file (default: from disk, leniently); the snapshot
-    passes one that reuses cached text. `walked` is a `walk_files(root)` result already at hand.
+    passes one that reuses cached text. `walked` is a `walk_dataset(root)` result already at hand.
     """
     root_p = Path(root).expanduser()
     if not root_p.is_dir():
@@ -174,9 +279,10 @@ def list_dataset(root: str | os.PathLike, read_text: CaptionReader | None = None
     if read_text is None:
         def read_text(rel: str) -> tuple[str, bool]:
             return read_text_lenient(root_p / rel)
-    files, refused = walked if walked is not None else walk_files(root_p)
-    listing = DatasetListing(root=root_p, refused_symlinks=refused,
-                             files=[f.as_posix() for f in files])
+    walked = walked if walked is not None else walk_dataset(root_p)
+    files = [Path(f[0]) for f in walked.files]
+    listing = DatasetListing(root=root_p, refused_symlinks=list(walked.refused),
+                             files=[f.as_posix() for f in files], excluded=list(walked.excluded))
     metadata: dict[str, tuple[str, str]] = {}
     for f in files:
         if f.name in METADATA_FILES:

@@ -14,21 +14,30 @@ import contextlib
 import hashlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
+from lora_pipeline.dataset.guard import (
+    DEFAULT_MAX_FILE_BYTES,
+    Refused,
+    display_path,
+    parse_refusal,
+    read_capped,
+    refusal,
+)
 from lora_pipeline.dataset.images import DEFAULT_MAX_PIXELS, ImageInfo, probe_bytes
 from lora_pipeline.dataset.layout import (
     IMAGE_EXTENSIONS,
     METADATA_FILES,
     DatasetError,
     DatasetListing,
+    Walked,
     is_dataset_file,
     list_dataset,
-    walk_stats,
+    walk_dataset,
 )
 from lora_pipeline.dataset.schema import manifest_frame
 
@@ -97,7 +106,8 @@ class Scan:
     reused: int = 0  # files whose stored hash was reused (size + mtime unchanged)
     stored: int = 0  # objects newly written to the store
 
-    refused: list[str] = field(default_factory=list)  # symlinks leaving the root (part of the id)
+    refused: list[str] = field(default_factory=list)  # entries not read, with why (part of the id)
+    excluded: list[str] = field(default_factory=list)  # lora-pipeline's own folders inside (not part of it)
 
     @property
     def content_id(self) -> str:
@@ -105,9 +115,11 @@ class Scan:
 
 
 def content_id(files: dict[str, FileStat], refused: list[str] = ()) -> str:
-    """sha256 of the sorted (relative path, sha256) list, plus refused symlinks' names; 20 hex digits."""
+    """sha256 of the sorted (relative path, sha256) list, plus the refused entries; 20 hex digits."""
     lines = [f"{rel}\0{st.sha256}\n" for rel, st in sorted(files.items())]
-    lines += [f"{rel}\0refused-symlink\n" for rel in sorted(refused)]
+    for entry in sorted(refused):
+        rel, reason = parse_refusal(entry)
+        lines.append(f"{rel}\0refused-symlink\n" if entry == rel else f"{rel}\0refused\0{reason}\n")
     return hashlib.sha256((ID_VERSION + "\n" + "".join(lines)).encode()).hexdigest()[:20]
 
 
@@ -155,12 +167,11 @@ class ObjectStore:
         return True
 
 
-def _read(path: str) -> bytes:
+def _read_text_file(path: str, cap: int) -> bytes:
     try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise DatasetError(f"{path}: cannot read ({e.strerror})") from None
+        return read_capped(path, cap)
+    except Refused as e:
+        raise DatasetError(f"{display_path(path)}: {e}") from None
 
 
 def _decode(data: bytes) -> tuple[str, bool]:
@@ -177,23 +188,31 @@ def default_workers() -> int:
 def scan_dataset(root: str | os.PathLike, *, cache: StatCache | None = None, full_verify: bool = False,
                  store: ObjectStore | None = None, probe_images: bool = True,
                  max_pixels: int = DEFAULT_MAX_PIXELS, known_id: Callable[[str], bool] | None = None,
-                 workers: int | None = None) -> Scan:
+                 workers: int | None = None, exclude: Iterable = (),
+                 max_file_bytes: int = DEFAULT_MAX_FILE_BYTES) -> Scan:
     """List, hash and (with `probe_images`) decode the dataset; copy new files into `store`.
 
     Without `probe_images` only the file hashes are computed (the source fingerprint), and no
     manifest is built. When `known_id(content_id)` says a snapshot of exactly this content exists,
     the listing and manifest are not rebuilt (`frame` and `listing` stay None): they are a function
     of the content. Files are read, hashed, decoded and stored by `workers` threads (default up to 4).
+    What the walk refuses (lora_pipeline.dataset.layout.walk_dataset), and files that turn out not to
+    be regular or to exceed `max_file_bytes` when read, are listed in `refused`, never stored; the
+    folders in `exclude`, the storage root of `store` and lora-pipeline's own folders are left out.
     Raises DatasetError (one line) for a missing folder or one without images.
     """
     root_p = Path(root).expanduser()
     if not root_p.is_dir():
-        raise DatasetError(f"{root_p}: dataset folder not found")
+        raise DatasetError(f"{display_path(str(root_p))}: dataset folder not found")
     root_p = root_p.resolve()
     root_s = str(root_p) + os.sep
     cache = cache or StatCache()
     started = _now_ns()
-    entries, refused = walk_stats(root_p)
+    if store is not None:
+        exclude = (*exclude, (store.root.parent, "the storage folder of this snapshot"))
+    walked = walk_dataset(root_p, exclude=exclude, max_file_bytes=max_file_bytes)
+    entries = walked.files
+    refused = list(walked.refused)
     files: dict[str, FileStat] = {}
     probes: dict[str, ImageInfo] = {}
     texts: dict[str, tuple[str, bool]] = {}
@@ -213,9 +232,12 @@ def scan_dataset(root: str | os.PathLike, *, cache: StatCache | None = None, ful
             continue
         todo.append((rel, mtime_ns, is_image))
 
-    def work(item: tuple[str, int, bool]) -> tuple[str, FileStat, ImageInfo | None, tuple[str, bool] | None, bool]:
+    def work(item: tuple[str, int, bool]) -> tuple:
         rel, mtime_ns, is_image = item
-        data = _read(root_s + rel)
+        try:
+            data = read_capped(root_s + rel, max_file_bytes)
+        except Refused as e:  # changed since the walk: a FIFO now, grown past the cap, unreadable
+            return rel, None, None, None, False, refusal(rel, str(e))
         info = text = None
         if is_image and probe_images:
             info = probe_bytes(data, max_pixels)
@@ -225,7 +247,7 @@ def scan_dataset(root: str | os.PathLike, *, cache: StatCache | None = None, ful
             if not is_image:
                 text = _decode(data)
         stored = store.put(sha, data) if store is not None else False
-        return rel, FileStat(len(data), mtime_ns, sha), info, text, stored
+        return rel, FileStat(len(data), mtime_ns, sha), info, text, stored, None
 
     def run(items: list[tuple[str, int, bool]]) -> int:
         n_workers = workers or default_workers()
@@ -237,7 +259,10 @@ def scan_dataset(root: str | os.PathLike, *, cache: StatCache | None = None, ful
         else:
             done = [work(item) for item in items]
         n_stored = 0
-        for rel, st, info, text, was_stored in done:
+        for rel, st, info, text, was_stored, why in done:
+            if why is not None:
+                refused.append(why)
+                continue
             files[rel] = st
             if info is not None:
                 probes[rel] = info
@@ -248,12 +273,15 @@ def scan_dataset(root: str | os.PathLike, *, cache: StatCache | None = None, ful
 
     stored = run(todo)
     files = dict(sorted(files.items()))
-    if not any(os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS for rel in files):
-        raise DatasetError(f"{root_p}: no images found (png, jpg, jpeg, webp, bmp, any depth)")
+    refused.sort()
+    if not any(_is_image(rel) for rel in files) and not any(_is_image(parse_refusal(r)[0]) for r in refused):
+        raise DatasetError(f"{display_path(str(root_p))}: no images found (png, jpg, jpeg, webp, bmp, any depth)")
     scan = Scan(root_p, None, files, started, hashed=len(todo), reused=reused, stored=stored,
-                refused=refused)
+                refused=list(refused), excluded=list(walked.excluded))
+    kept = [e for e in entries if e[0] in files or not is_dataset_file(e[0])]
     if not probe_images:
-        scan.listing = DatasetListing(root=root_p, refused_symlinks=refused, files=[e[0] for e in entries])
+        scan.listing = DatasetListing(root=root_p, refused_symlinks=refused, files=[e[0] for e in kept],
+                                      excluded=scan.excluded)
         return scan
     if known_id is not None and known_id(scan.content_id):
         return scan
@@ -270,19 +298,27 @@ def scan_dataset(root: str | os.PathLike, *, cache: StatCache | None = None, ful
     scan.stored += run(again)
     scan.hashed += len(again)
     scan.reused -= len(again)
+    if len(refused) != len(scan.refused):  # an image refused on this second read
+        files = scan.files = {k: v for k, v in files.items() if k in probes or not _is_image(k)}
+        scan.refused = sorted(refused)
+        kept = [e for e in entries if e[0] in files or not is_dataset_file(e[0])]
     for rel, st in files.items():
         if rel not in texts and st.sha256 in cache.texts:
             texts[rel] = (cache.texts[st.sha256], False)
 
     def read_text(rel: str) -> tuple[str, bool]:
         if rel not in texts:
-            texts[rel] = _decode(_read(root_s + rel))
+            texts[rel] = _decode(_read_text_file(root_s + rel, max_file_bytes))
         return texts[rel]
 
-    walked = ([Path(e[0]) for e in entries if e[0] in files or not is_dataset_file(e[0])], refused)
-    scan.listing = list_dataset(root_p, read_text=read_text, walked=walked)
+    scan.listing = list_dataset(root_p, read_text=read_text,
+                                walked=Walked(kept, scan.refused, scan.excluded))
     scan.frame = _manifest(scan.listing, files, probes)
     return scan
+
+
+def _is_image(rel: str) -> bool:
+    return os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _manifest(listing: DatasetListing, files: dict[str, FileStat], probes: dict[str, ImageInfo]) -> pl.DataFrame:

@@ -2,8 +2,9 @@
 
 `storage/runs/<run_id>/run.json` (written by the training layer) -> RunFacts, the checkpoint file,
 the configured base model it matches (CONTRACT section 1), the captions' trigger (the configured
-dataset's `trigger`), the eval spec and the renders dir. A missing or unreadable record is an
-`EvaluationSetupError` whose message is one line naming the file.
+dataset's `trigger`), the eval spec and the renders dir. The record's paths are resolved against the
+config's roots (a moved or copied workspace reads its own run folders). A missing or unreadable
+record is an `EvaluationSetupError` whose message is one line naming the file.
 """
 
 from __future__ import annotations
@@ -24,15 +25,18 @@ class EvaluationSetupError(Exception):
 
 def inputs_for(config: Config, run_id: str, checkpoint_id: str, device: str, dtype: str,
                dagster_run_id: str | None = None) -> EvaluationInputs:
-    from lora_pipeline.training.record import RunRecord
+    from lora_pipeline.training.record import Roots, RunRecord
 
     storage = Storage(Path(config.storage))
     path = storage.run_record(run_id)
     try:
-        record = RunRecord.from_dict(json.loads(path.read_text("utf-8")))
+        doc = json.loads(path.read_text("utf-8"))
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        record = RunRecord.from_dict(doc, Roots.of(config))
     except FileNotFoundError:
         raise EvaluationSetupError(f"{path}: no run record for run {run_id!r} (ingest the run first)") from None
-    except (OSError, ValueError, TypeError, KeyError) as e:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise EvaluationSetupError(f"{path}: unreadable run record ({type(e).__name__}: {e})") from None
     ck = next((c for c in record.checkpoints if c.checkpoint_id == checkpoint_id), None)
     if ck is None:

@@ -64,7 +64,9 @@ def load_record(config: Config, run_id: str):
     if record is None:
         raise ReportError(f"{Storage(Path(config.storage)).run_record(run_id)}: no run record for run {run_id!r} "
                           "(ingest the run first)")
-    return record
+    from lora_pipeline.training.record import Roots
+
+    return record.reanchored(Roots.of(config))  # its paths in this workspace, even moved or copied
 
 
 def dataset_findings(config: Config, record) -> tuple[list[Finding], dict[str, Any]]:

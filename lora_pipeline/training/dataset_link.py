@@ -31,8 +31,9 @@ def _snapshot_api():
     return snapshot
 
 
-def _match_configured(record: RunRecord, config: Config, dirs: list[str]) -> str | None:
-    """The configured dataset the run's dataset path (or ss_dataset_dirs names) points at."""
+def _match_configured(record: RunRecord, config: Config, dirs: list[str]) -> tuple[str | None, str | None]:
+    """The configured dataset the run's dataset path (or ss_dataset_dirs names) points at, and the
+    path relative to that dataset's folder (None when matched by folder names)."""
     declared = record.dataset.path
     if declared:
         p = Path(declared).expanduser()
@@ -41,13 +42,16 @@ def _match_configured(record: RunRecord, config: Config, dirs: list[str]) -> str
         for name, ds in sorted(config.datasets.items()):
             root = Path(os.path.realpath(ds.path))
             if p == root or p.is_relative_to(root):
-                return name
+                return name, p.relative_to(root).as_posix()
     for name, ds in sorted(config.datasets.items()):
         root = Path(ds.path)
-        sub = {d.name for d in root.iterdir() if d.is_dir()} if root.is_dir() else set()
+        try:
+            sub = {d.name for d in root.iterdir() if d.is_dir()} if root.is_dir() else set()
+        except OSError:
+            sub = set()
         if any(d == root.name or d in sub for d in dirs):
-            return name
-    return None
+            return name, None
+    return None, None
 
 
 def _image_set(files: dict) -> set[str]:
@@ -91,7 +95,7 @@ def link_dataset(record: RunRecord, config: Config, dirs: list[str]) -> dict[str
             f"The run declares dataset snapshot {sid}, which is not in storage.",
             {"snapshot_id": sid, "dataset_path": record.dataset.path, "searched": sorted(names)}))
         return {"snapshot_id": sid, "by": "declared snapshot id", "found": False}
-    name = _match_configured(record, config, dirs)
+    name, rel = _match_configured(record, config, dirs)
     if name is None:
         if record.dataset.path or dirs:
             record.findings.append(Finding(
@@ -100,7 +104,7 @@ def link_dataset(record: RunRecord, config: Config, dirs: list[str]) -> dict[str
                 {"dataset_path": record.dataset.path, "dataset_dirs": dirs,
                  "configured": {k: str(v.path) for k, v in config.datasets.items()}}))
         return {"by": "path", "found": False}
-    record.dataset.name = name
+    record.dataset.name, record.dataset.rel = name, rel
     root = config.datasets[name].path
     try:
         # Reuses the hashes of files whose size and mtime are unchanged since the last scan.
