@@ -128,3 +128,8 @@ def _lock(fd: int) -> None:
     except ImportError:  # pragma: no cover - no flock (Windows): O_APPEND alone keeps records whole
         return
     fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def first_line(message: object) -> str:
+    """The first line of an exception's or warning's text ("" when it has none): one-line errors."""
+    return str(message).split("\n", 1)[0]

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_pipeline.findings import Finding
+from lora_pipeline.fsutil import first_line
 from lora_pipeline.lora import formats, verify
 from lora_pipeline.lora.safetensors_file import LoraFileError, read_safetensors
 
@@ -92,7 +93,7 @@ class _LogCapture(logging.Handler):
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage().splitlines()[0][:300])
+        self.lines.append(first_line(record.getMessage())[:300])
 
 
 @contextmanager
@@ -132,7 +133,7 @@ def _unrenderable(parsed: formats.ParsedFile) -> str | None:
 def load_and_verify(pipe: Any, path: str | Path, adapter_name: str, scale: float, subject: str,
                     all_zero: bool = False, dtype_name: str = "float32") -> LoadOutcome:
     """Load, activate and verify; on any failure the pipeline is returned to base (or PipelineDirty)."""
-    from lora_pipeline.lora.inject import inject_lycoris
+    from lora_pipeline.lora.inject import inject_lycoris, inject_split_lora
 
     p = Path(path)
     if p.suffix.lower() != ".safetensors":
@@ -155,7 +156,10 @@ def load_and_verify(pipe: Any, path: str | Path, adapter_name: str, scale: float
                                     {**out.evidence, "error": "UnsupportedAlgorithm"}))
         return out
     lycoris = bool(parsed.algorithms & {"loha", "lokr"})
-    located = verify.locate(pipe, parsed) if lycoris else {}
+    located = verify.locate(pipe, parsed)
+    # the original FLUX layout: fused projections, or names of the denoiser under a UNet/BFL prefix
+    split = not lycoris and any(t and (len(t[1]) > 1 or t[0] != m.component)
+                                for m in parsed.modules for t in [located.get(m.key)])
     unmapped = [m for m in parsed.modules if lycoris and located.get(m.key) is None]
     if unmapped:
         algo = "/".join(sorted(parsed.algorithms & {"loha", "lokr"}))
@@ -174,6 +178,8 @@ def load_and_verify(pipe: Any, path: str | Path, adapter_name: str, scale: float
             with torch.no_grad():
                 if lycoris:
                     inject_lycoris(pipe, sf, parsed, located, adapter_name)
+                elif split:
+                    inject_split_lora(pipe, sf, parsed, located, adapter_name)
                 else:
                     # By path, so diffusers reads the header's lora_adapter_metadata (alpha, patterns)
                     # as it does for a user; use_safetensors=True with a .safetensors name never unpickles.
@@ -184,12 +190,12 @@ def load_and_verify(pipe: Any, path: str | Path, adapter_name: str, scale: float
             what = f"{'/'.join(sorted(parsed.algorithms & {'loha', 'lokr'}))} " if lycoris else ""
             out.findings.append(Finding("RUNTIME.LORA_INCOMPATIBLE", subject,
                                         f"Loading the {what}LoRA raised {type(e).__name__}: "
-                                        f"{str(e).splitlines()[0][:300]}",
+                                        f"{first_line(e)[:300]}",
                                         {**out.evidence, "error": type(e).__name__, "message": str(e)[:2000],
                                          "logged": capture.lines[:10]}))
             unload(pipe)
             return out
-    logged = capture.lines + [str(w.message).splitlines()[0][:300] for w in caught]
+    logged = capture.lines + [first_line(w.message)[:300] for w in caught]
     out.timings["lora_load_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     try:

@@ -108,16 +108,40 @@ def _upsampler_aliases(model: Any, layers: int) -> dict[str, str]:
     return out
 
 
-def model_index(pipe: Any) -> dict[tuple[str, str], str]:
-    """(component, canonical path) -> module name, for every module of every LoRA-able component."""
-    index: dict[tuple[str, str], str] = {}
+# BFL / kohya FLUX.1 module names -> the diffusers modules they are split into (in output order).
+_FLUX_DOUBLE = {"img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"), "img_attn_proj": ("attn.to_out.0",),
+                "img_mlp_0": ("ff.net.0.proj",), "img_mlp_2": ("ff.net.2",), "img_mod_lin": ("norm1.linear",),
+                "txt_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
+                "txt_attn_proj": ("attn.to_add_out",), "txt_mlp_0": ("ff_context.net.0.proj",),
+                "txt_mlp_2": ("ff_context.net.2",), "txt_mod_lin": ("norm1_context.linear",)}
+_FLUX_SINGLE = {"linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), "linear2": ("proj_out",),
+                "modulation_lin": ("norm.linear",)}
+
+
+def _flux_aliases(model: Any) -> dict[str, tuple[str, ...]]:
+    """The original FLUX.1 (BFL) spelling that kohya and ComfyUI files use, for a FluxTransformer2DModel:
+    fused projections (qkv, linear1) stand for several diffusers modules, split along the output."""
+    out: dict[str, tuple[str, ...]] = {}
+    for i in range(len(getattr(model, "transformer_blocks", []))):
+        for bfl, parts in _FLUX_DOUBLE.items():
+            out[f"double_blocks_{i}_{bfl}"] = tuple(f"transformer_blocks.{i}.{p}" for p in parts)
+    for i in range(len(getattr(model, "single_transformer_blocks", []))):
+        for bfl, parts in _FLUX_SINGLE.items():
+            out[f"single_blocks_{i}_{bfl}"] = tuple(f"single_transformer_blocks.{i}.{p}" for p in parts)
+    return out
+
+
+def model_index(pipe: Any) -> dict[tuple[str, str], tuple[str, ...]]:
+    """(component, canonical path) -> the module name(s), for every module of every LoRA-able component;
+    several names where one file module is a fused projection the model splits."""
+    index: dict[tuple[str, str], tuple[str, ...]] = {}
     for comp in COMPONENTS:
         model = getattr(pipe, comp, None)
         if model is None:
             continue
         names = [n for n, _ in model.named_modules() if n]
         for n in names:
-            index[(comp, canonical_path(_base_name(n)))] = _base_name(n)
+            index[(comp, canonical_path(_base_name(n)))] = (_base_name(n),)
         if comp == "unet":
             lpb = getattr(model.config, "layers_per_block", 1)
             lpb = lpb[0] if isinstance(lpb, (list, tuple)) else lpb
@@ -126,7 +150,10 @@ def model_index(pipe: Any) -> dict[tuple[str, str], str]:
                 base = _base_name(n)
                 alias = ups.get(base) or _sgm_name(base, lpb)
                 if alias:
-                    index.setdefault((comp, canonical_path(alias)), base)
+                    index.setdefault((comp, canonical_path(alias)), (base,))
+        if comp == "transformer" and hasattr(model, "single_transformer_blocks"):
+            for alias, targets in _flux_aliases(model).items():
+                index.setdefault((comp, alias), targets)
     return index
 
 
@@ -135,10 +162,18 @@ def _base_name(name: str) -> str:
     return re.sub(r"\.(base_layer|lora_[AB]|lora_magnitude_vector|lora_embedding_[AB]|lora_dropout)(\..*)?$", "", name)
 
 
-def locate(pipe: Any, parsed: ParsedFile) -> dict[str, tuple[str, str] | None]:
+def locate(pipe: Any, parsed: ParsedFile) -> dict[str, tuple[str, tuple[str, ...]] | None]:
+    """file module key -> (component, model module names), or None where the model has no such module.
+    kohya's `lora_unet_` and BFL's `diffusion_model.` name the denoiser, a transformer in FLUX/SD3."""
     index = model_index(pipe)
-    return {m.key: ((m.component, index[(m.component, m.path)]) if (m.component, m.path) in index else None)
-            for m in parsed.modules}
+    out: dict[str, tuple[str, tuple[str, ...]] | None] = {}
+    for m in parsed.modules:
+        tries = [(m.component, m.path)]
+        if m.component in ("unet", "other") and getattr(pipe, "transformer", None) is not None:
+            tries.append(("transformer", m.path.removeprefix("diffusion_model_")))
+        found = next((k for k in tries if k in index), None)
+        out[m.key] = (found[0], index[found]) if found else None
+    return out
 
 
 # -- comparing -------------------------------------------------------------------------------------
@@ -184,6 +219,32 @@ def _param(layer: Any, attr: str, adapter: str):
         return None
     p = holder[adapter]
     return (p.weight if hasattr(p, "weight") else p).detach().to("cpu").double()
+
+
+def check_fused(fm: FileModule, sf: SafetensorsFile, layers: list[Any], adapter: str, strength: float,
+                tol: float) -> tuple[str, float | None, float | None]:
+    """A fused file projection (FLUX qkv, linear1) against the model modules it was split into: every
+    part must carry the file's A; their B's, stacked in output order, the file's B; one scale."""
+    import torch
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    if fm.algorithm != "lora" or "mid" in fm.parts or fm.dora:
+        return "differs", None, None
+    if not all(isinstance(x, BaseTunerLayer) and adapter in getattr(x, "scaling", {}) for x in layers):
+        return "not_applied", None, None
+    parts = [(_param(x, "lora_A", adapter), _param(x, "lora_B", adapter), float(x.scaling[adapter])) for x in layers]
+    if any(a is None or b is None for a, b, _ in parts):
+        return "not_applied", None, None
+    a_f, b_f = _t(sf, fm.parts["down"]), _t(sf, fm.parts["up"])
+    a0, s0 = parts[0][0], parts[0][2]
+    if any(_rel(a0, a) > tol for a, _, _ in parts[1:]):
+        return "differs", None, s0
+    # the parts' scales may differ (a part's own alpha): fold each into its B before stacking
+    b_stack = torch.cat([_as_matrix(b) * (s / s0) for _, b, s in parts], dim=0)
+    if b_stack.shape[0] != _as_matrix(b_f).shape[0]:
+        return "differs", None, s0
+    rel = lora_rel_error(a_f, b_f, fm.scale * strength, a0, b_stack, s0)
+    return ("ok" if rel <= tol else "differs"), rel, s0
 
 
 def check_module(fm: FileModule, sf: SafetensorsFile, layer: Any, adapter: str, strength: float,
@@ -247,11 +308,14 @@ def verify(pipe: Any, sf: SafetensorsFile, parsed: ParsedFile, adapter: str, str
         if target is None or fm.algorithm not in ("lora", "loha", "lokr"):
             out.checks.append(ModuleCheck(fm.key, None, "missing", file_scale=fm.scale))
             continue
-        comp, name = target
-        layer = getattr(pipe, comp).get_submodule(name)
-        status, rel, applied = check_module(fm, sf, layer, adapter, strength, tol)
-        seen.add(f"{comp}.{name}")
-        out.checks.append(ModuleCheck(fm.key, f"{comp}.{name}", status, rel, fm.scale * strength,
+        comp, names = target
+        layers = [getattr(pipe, comp).get_submodule(n) for n in names]
+        if len(layers) == 1:
+            status, rel, applied = check_module(fm, sf, layers[0], adapter, strength, tol)
+        else:
+            status, rel, applied = check_fused(fm, sf, layers, adapter, strength, tol)
+        seen.update(f"{comp}.{n}" for n in names)
+        out.checks.append(ModuleCheck(fm.key, f"{comp}.{'+'.join(names)}", status, rel, fm.scale * strength,
                                       None if applied is None else float(applied)))
     for comp in COMPONENTS:
         model = getattr(pipe, comp, None)
@@ -271,7 +335,7 @@ def correct_scales(pipe: Any, checks: list[ModuleCheck], parsed: ParsedFile, ada
     fixed = []
     by_key = {m.key: m for m in parsed.modules}
     for c in checks:
-        if c.status != "scale" or c.target is None:
+        if c.status != "scale" or c.target is None or "+" in c.target:
             continue
         comp, name = c.target.split(".", 1)
         layer = getattr(pipe, comp).get_submodule(name)

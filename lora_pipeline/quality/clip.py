@@ -28,7 +28,7 @@ def _load(folder: Path) -> tuple[Any, Any, Any]:
             proc = CLIPImageProcessor.from_pretrained(key, local_files_only=True)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ClipUnavailable(f"{folder}: not a loadable local CLIP folder ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0][:160]})") from None
+                                  f"{(str(e).splitlines() or [type(e).__name__])[0][:160]})") from None
         _MODELS[key] = (model, tok, proc)
     return _MODELS[key]
 

@@ -134,7 +134,7 @@ def _load(path: Path, architecture: str, dtype: str, device: str) -> Any:
         pipe = pipe.to(device)
     except (OSError, ValueError, RuntimeError, TypeError, KeyError) as e:
         raise PipelineLoadError(f"{path}: cannot load the base model ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0][:200]})") from None
+                                f"{(str(e).splitlines() or [type(e).__name__])[0][:200]})") from None
     if getattr(pipe, "safety_checker", None) is not None:
         pipe.safety_checker = None  # never black out images under test
     pipe.set_progress_bar_config(disable=True)
