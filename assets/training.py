@@ -103,7 +103,7 @@ def _build_assets():
     return [training_run, lora_checkpoint]
 
 
-_COMPATIBLE = {"sd-unet": {"sd1", "sd2", None}}
+_COMPATIBLE = {"sd-unet": {"sd1", "sd2", None}, "flux": {"flux1", "flux2", None}}  # generic file families
 
 
 def analyse_partition(config: Config, partition_key: str) -> tuple[dict, list[Finding]]:
@@ -128,7 +128,7 @@ def analyse_partition(config: Config, partition_key: str) -> tuple[dict, list[Fi
         full = FileIndex(index_path(config.storage, run_id)).analysis(
             path.relative_to(folder).as_posix(), path, config.checks.full_verify)
     except (LoraFileError, OSError) as e:
-        raise dg.Failure(str(e).splitlines()[0]) from None
+        raise dg.Failure((str(e).splitlines() or [type(e).__name__])[0]) from None
     declared, inferred = record.base_model.architecture, (full.get("architecture") or {}).get("family")
     consistent = declared is None or inferred in (declared, "unknown") or declared in _COMPATIBLE.get(inferred, set())
     findings = [Finding(f.code, f.subject, f.message, f.evidence, f.severity) for f in record.findings

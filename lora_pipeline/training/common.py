@@ -26,6 +26,12 @@ FACTS = ("base_model.name", "base_model.path", "base_model.sha256", "base_model.
          "rank", "alpha", "learning_rate", "optimizer", "steps", "resolution", "dataset.path",
          "dataset.snapshot_id", "started_at", "name", "epochs", "images")
 KEY_FACTS = ("base_model.name", "rank", "learning_rate", "steps", "resolution")  # missing -> CONFIG_UNKNOWN
+# Base-model and schedule facts with no RunRecord field, kept in `extra["training_facts"]` (their sources
+# in `extra["training_fact_sources"]`); docs/training.md lists where each trainer records them.
+TRAINING_FACTS = ("model_variant", "guidance_scale", "guidance_mode", "guidance_min", "guidance_max",
+                  "t5_max_tokens", "t5_attn_mask", "timestep_sampling", "flow_shift", "prediction_type",
+                  "network_module", "sample_guidance_scale", "sample_steps", "validation_prompt",
+                  "config_alpha_ignored")
 
 
 @dataclass
@@ -51,6 +57,13 @@ class ParsedRun:
     def fact(self, name: str, value: Any, source: str) -> None:
         if value is not None and value != "" and value != []:
             self.facts.append((name, value, source))
+
+    def training_fact(self, name: str, value: Any, source: str) -> None:
+        """One of TRAINING_FACTS; the first source to give a value keeps it (as `fact` ranks sources)."""
+        if name in TRAINING_FACTS and name not in self.extra.get("training_facts", {}) \
+                and value is not None and value != "":
+            self.extra.setdefault("training_facts", {})[name] = value
+            self.extra.setdefault("training_fact_sources", {})[name] = source
 
 
 def config_unknown(subject: Path | str, message: str, **evidence: Any) -> Finding:
@@ -111,6 +124,14 @@ def as_float(v: Any) -> float | None:
         return None
 
 
+def as_bool(v: Any) -> bool | None:
+    """True/False, or the strings trainers write for them ("True", "false", "1"); else None."""
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower() if isinstance(v, str | int) else ""
+    return True if s in ("true", "1", "yes") else False if s in ("false", "0", "no") else None
+
+
 def as_int(v: Any) -> int | None:
     f = as_float(v)
     return int(f) if f is not None and math.isfinite(f) and f == int(f) else None
@@ -136,10 +157,15 @@ def resolution(v: Any) -> int | None:
 
 _ARCH = [(re.compile(p, re.I), a) for p, a in (
     (r"flux[-_.]?2|klein", "flux2"), (r"flux", "flux1"),  # "flux" alone: FLUX.1, the older one
-    (r"sd_?v?3|sd3|stable-diffusion-v3|stable_diffusion_3", "sd3"),
+    # kohya's modelspec `stable-diffusion-3-5-large`, HF ids `stable-diffusion-3.5-large`, ai-toolkit `sd_3`
+    (r"sd_?v?3|stable[-_ ]?diffusion[-_ ]?v?3", "sd3"),
     (r"sdxl|stable-diffusion-xl|xl_|_xl|sd_xl", "sdxl"),
     (r"sd_?v?2|stable-diffusion-v2|sd2|stable_diffusion_20|stable_diffusion_21", "sd2"),
     (r"sd_?v?1|sd_1|stable-diffusion-v1|sd1|stable_diffusion_15|stable_diffusion_14|sd15", "sd1"))]
+
+
+# kohya sd-scripts' per-family network modules; `lora_flux` also trains Chroma (model_type "chroma").
+KOHYA_NETWORK_ARCH = {"networks.lora_flux": "flux1", "networks.lora_sd3": "sd3"}
 
 
 def architecture(v: Any) -> str | None:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lora_pipeline.training import common
-from lora_pipeline.training.common import architecture
+from lora_pipeline.training.common import KOHYA_NETWORK_ARCH, architecture
 
 
 def _safe(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -65,6 +65,12 @@ def _trigger(md: dict[str, Any]) -> str | None:
     return None
 
 
+def _network_arch(md: dict[str, Any]) -> str | None:
+    if str(md.get("ss_base_model_version") or "").lower() == "chroma":
+        return None
+    return KOHYA_NETWORK_ARCH.get(str(md.get("ss_network_module") or "").strip())
+
+
 def header_facts(analysis: dict[str, Any], source: str) -> list[tuple[str, Any, str]]:
     md: dict[str, Any] = analysis.get("metadata") or {}
     declared: dict[str, Any] = analysis.get("declared") or {}
@@ -77,14 +83,17 @@ def header_facts(analysis: dict[str, Any], source: str) -> list[tuple[str, Any, 
     put("base_model.name", md.get("ss_sd_model_name"))
     put("base_model.sha256", md.get("ss_new_sd_model_hash"))
     put("base_model.architecture", architecture(md.get("ss_base_model_version"))
-        or architecture(md.get("modelspec.architecture")))
+        or architecture(md.get("modelspec.architecture")) or _network_arch(md))
     put("trigger", _trigger(md))
     put("rank", as_int(declared.get("rank")))
     put("alpha", as_float(declared.get("alpha")))
     put("learning_rate", as_float(md.get("ss_learning_rate")) or as_float(md.get("ss_unet_lr")))
     put("optimizer", md.get("ss_optimizer"))
     put("steps", as_int(md.get("ss_max_train_steps")))
-    put("resolution", resolution(md.get("ss_resolution")) or resolution(md.get("modelspec.resolution")))
+    # with a dataset config kohya writes no ss_resolution, and modelspec.resolution falls back to the
+    # family's default (1024 for FLUX/SD3): the datasets' own resolutions come first
+    put("resolution", resolution(md.get("ss_resolution")) or _datasets_resolution(md)
+        or _modelspec_resolution(md.get("modelspec.resolution")))
     put("started_at", iso_time(md.get("ss_training_started_at")))
     put("name", md.get("ss_output_name") or md.get("name") or md.get("modelspec.title"))
     put("epochs", as_int(md.get("ss_num_epochs")))
@@ -94,6 +103,21 @@ def header_facts(analysis: dict[str, Any], source: str) -> list[tuple[str, Any, 
         if counts and all(c is not None for c in counts):
             put("images", sum(counts))  # type: ignore[arg-type]
     return out
+
+
+def _modelspec_resolution(v: Any) -> int | None:
+    """SimpleTuner writes int(--resolution) here, so a megapixel setting (1.0) reads `1x1`: no size."""
+    px = resolution(v)
+    return px if px is not None and px >= 16 else None
+
+
+def _datasets_resolution(md: dict[str, Any]) -> int | None:
+    """The largest `resolution` of kohya's `ss_datasets` (one entry per dataset of a dataset config)."""
+    datasets = _json(md.get("ss_datasets"))
+    if not isinstance(datasets, list):
+        return None
+    sizes = [resolution(d.get("resolution")) for d in datasets if isinstance(d, dict)]
+    return max((s for s in sizes if s), default=None)
 
 
 def weight_facts(analysis: dict[str, Any], source: str) -> list[tuple[str, Any, str]]:

@@ -1,5 +1,6 @@
 """One parser per trainer format. Each module has `detect(folder) -> bool` and
-`parse(folder) -> ParsedRun`; `FORMATS` lists them in detection order (most specific first)."""
+`parse(folder) -> ParsedRun`; `FORMATS` lists them in detection order (most specific first).
+`simpletuner_args` is no format: it reads SimpleTuner's arguments for the simpletuner parser."""
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ from lora_pipeline.training.common import (
     Candidate,
     ParsedRun,
     architecture,
+    as_bool,
     as_float,
     as_int,
     config_unknown,
@@ -71,24 +72,62 @@ def _config_facts(doc: dict, run: ParsedRun) -> str | None:
         return name
     run.fact("name", name, src)
     run.fact("trigger", proc.get("trigger_word"), src)
-    run.fact("rank", as_int(dig(proc, "network", "linear")), src)
-    run.fact("alpha", as_float(dig(proc, "network", "linear_alpha")), src)
+    arch = _model_facts(proc, run, src)
+    rank, alpha = as_int(dig(proc, "network", "linear")), as_float(dig(proc, "network", "linear_alpha"))
+    run.fact("rank", rank, src)
+    if _peft_format(arch, dig(proc, "network", "type")) and rank:
+        # ai-toolkit trains and saves transformer LoRAs in PEFT form with alpha = rank (no alpha tensor),
+        # whatever linear_alpha says (toolkit/lora_special.py): the effective alpha is the rank.
+        run.fact("alpha", float(rank), f"{src} (network.linear: alpha = rank for {arch})")
+        if alpha is not None and alpha != rank:
+            run.training_fact("config_alpha_ignored", alpha, src)
+    else:
+        run.fact("alpha", alpha, src)
     run.fact("learning_rate", as_float(dig(proc, "train", "lr")), src)
     run.fact("optimizer", dig(proc, "train", "optimizer"), src)
     run.fact("steps", as_int(dig(proc, "train", "steps")), src)
     run.fact("dataset.path", dig(proc, "datasets", 0, "folder_path"), src)
     run.fact("resolution", resolution(dig(proc, "datasets", 0, "resolution")), src)
-    model = proc.get("model") or {}
-    if isinstance(model, dict):
-        base = model.get("name_or_path")
-        run.fact("base_model.name", base, src)
-        arch = architecture(model.get("arch"))
-        for flag, a in (("is_flux", "flux"), ("is_xl", "sdxl"), ("is_v2", "sd2")):
-            if model.get(flag) is True:
-                arch = arch or a
-        run.fact("base_model.architecture", arch or architecture(base), src)
+    run.training_fact("sample_guidance_scale", as_float(dig(proc, "sample", "guidance_scale")), src)
+    run.training_fact("sample_steps", as_int(dig(proc, "sample", "sample_steps")), src)
     run.extra["training_folder"] = proc.get("training_folder")
     return name
+
+
+def _model_facts(proc: dict, run: ParsedRun, src: str) -> str | None:
+    """Base model name, architecture and the FLUX facts the config fixes; returns the architecture."""
+    model = proc.get("model")
+    if not isinstance(model, dict):
+        return None
+    base = model.get("name_or_path") if isinstance(model.get("name_or_path"), str) else None
+    run.fact("base_model.name", base, src)
+    raw = model.get("arch").split(":")[0] if isinstance(model.get("arch"), str) else ""  # UI: `arch:tag`
+    arch = architecture(raw)
+    for flag, a in (("is_flux", "flux1"), ("is_v3", "sd3"), ("is_xl", "sdxl"), ("is_v2", "sd2")):
+        if model.get(flag) is True:
+            arch = arch or a
+    arch = arch or architecture(base)
+    run.fact("base_model.architecture", arch, src)
+    run.training_fact("model_variant", raw or None, src)
+    train = proc.get("train") if isinstance(proc.get("train"), dict) else {}
+    klein = "klein" in f"{raw} {base}".lower()  # FLUX.2 klein has no guidance embedding
+    if arch in ("flux1", "flux2") and not klein:
+        # the guidance embedding FLUX trains with is train.cfg_scale (default 1.0), unless guidance loss
+        if as_bool(train.get("do_guidance_loss")):
+            run.training_fact("guidance_mode", "guidance_loss", src)
+        elif train.get("cfg_scale") is not None:
+            run.training_fact("guidance_scale", as_float(train.get("cfg_scale")), src)
+        else:
+            run.training_fact("guidance_scale", 1.0, f"{src} (train.cfg_scale unset: ai-toolkit's default)")
+    if arch == "flux1":
+        run.training_fact("t5_max_tokens", 512, "ai-toolkit (FLUX.1 prompts are encoded to 512 T5 tokens)")
+        run.training_fact("t5_attn_mask", as_bool(model.get("attn_masking")) or False, src)
+    return arch
+
+
+def _peft_format(arch: str | None, network_type: object) -> bool:
+    """ai-toolkit's LoRA for FLUX, SD3 and other transformers (not SD1/2/XL UNets; not LoKr)."""
+    return arch in ("flux1", "flux2", "sd3") and str(network_type or "lora").lower() != "lokr"
 
 
 def _read_loss_db(db: Path, run: ParsedRun) -> None:

@@ -1,7 +1,8 @@
 """bghira/SimpleTuner: `checkpoint-<step>/pytorch_lora_weights.safetensors` (+ training_state.json),
 final `pytorch_lora_weights.safetensors`, `training_metrics.jsonl` ({"schema_version", "timestamp",
 "step", "metrics": {...}}) and the `training_metrics.json` manifest (run_name, status, config
-subset)."""
+subset), the training arguments where the run folder has them (simpletuner_args.py), tensorboard
+events under `logs/`."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from pathlib import Path
 from lora_pipeline.training.common import (
     Candidate,
     ParsedRun,
-    architecture,
-    as_float,
     as_int,
     as_loss,
+    config_unknown,
     iso_time,
     read_config,
     read_jsonl,
-    resolution,
 )
+from lora_pipeline.training.formats.simpletuner_args import args_facts
+from lora_pipeline.training.tensorboard import loss_from_logs
 
 WEIGHTS = "pytorch_lora_weights.safetensors"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
@@ -27,9 +28,22 @@ LOSS_KEYS = ("train_loss", "loss", "train/loss")
 
 
 def detect(folder: Path) -> bool:
-    if (folder / "training_metrics.jsonl").is_file() or (folder / "training_metrics.json").is_file():
+    if any((folder / n).is_file() for n in ("training_metrics.jsonl", "training_metrics.json",
+                                              "simpletuner_config.json")):
         return True
-    return any(folder.glob("checkpoint-*/training_state*.json"))
+    if any(folder.glob("checkpoint-*/training_state*.json")):
+        return True
+    # a run with only its final weights and tensorboard logs: accelerate's copy of the arguments
+    # has SimpleTuner's `model_family` (the diffusers example scripts have no such argument)
+    return any(_mentions(p, b"model_family:") for p in sorted((folder / "logs").glob("*/*/hparams.yml"))[:5])
+
+
+def _mentions(path: Path, text: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return text in f.read(1_000_000)
+    except OSError:
+        return False
 
 
 def checkpoint_dirs(folder: Path, run: ParsedRun) -> None:
@@ -52,6 +66,14 @@ def parse(folder: Path) -> ParsedRun:
             if isinstance(doc, dict):
                 c.step = as_int(doc.get("global_step")) or c.step
                 c.epoch = as_int(doc.get("current_epoch", doc.get("epoch")))
+    for path in _argument_files(folder):
+        doc = read_config(path, run, folder)
+        rel = path.relative_to(folder).as_posix()
+        if isinstance(doc, dict):
+            args_facts({k.lstrip("-"): v for k, v in doc.items() if isinstance(k, str)}, run, rel, full=True)
+        elif doc is not None:
+            run.findings.append(config_unknown(path, f"{rel}: not a table of arguments ({type(doc).__name__})",
+                                               file=rel, error=f"top level is {type(doc).__name__}"))
     manifest = folder / "training_metrics.json"
     if manifest.is_file():
         doc = read_config(manifest, run, folder)
@@ -59,16 +81,8 @@ def parse(folder: Path) -> ParsedRun:
             cfg = doc.get("config") if isinstance(doc.get("config"), dict) else {}
             src = manifest.name
             run.fact("name", doc.get("run_name"), src)
-            run.fact("base_model.name", cfg.get("pretrained_model_name_or_path"), src)
-            run.fact("base_model.architecture", architecture(cfg.get("model_family")), src)
-            run.fact("learning_rate", as_float(cfg.get("learning_rate", cfg.get("lr"))), src)
-            run.fact("resolution", resolution(cfg.get("resolution")), src)
-            run.fact("rank", as_int(cfg.get("lora_rank")), src)
-            run.fact("alpha", as_float(cfg.get("lora_alpha")), src)
-            run.fact("optimizer", cfg.get("optimizer"), src)
-            run.fact("steps", as_int(cfg.get("max_train_steps")), src)
-            run.fact("dataset.path", cfg.get("instance_data_dir") or cfg.get("data_dir"), src)
-            run.fact("started_at", iso_time(doc.get("started_at")), src)
+            args_facts(cfg, run, src, full=False)
+            run.fact("started_at", iso_time(doc.get("created_at") or doc.get("started_at")), src)
             run.extra["status"] = doc.get("status")
             if doc.get("status") in ("completed", "finished"):
                 run.finished = True
@@ -82,6 +96,21 @@ def parse(folder: Path) -> ParsedRun:
             loss = as_loss(metrics.get(key)) if key else None
             if step is not None and loss is not None:
                 run.loss.append((step, loss))
-        if rows:
+        if rows and not any(f == "started_at" for f, _, _ in run.facts):  # the manifest's created_at is earlier
             run.fact("started_at", iso_time(rows[0].get("timestamp")), log.name)
+    if not run.loss and (folder / "logs").is_dir():  # --report_to=tensorboard: accelerate's event files
+        loss, tag = loss_from_logs(folder / "logs")
+        if loss:
+            run.loss, run.extra["loss_tag"] = loss, tag
     return run
+
+
+def _argument_files(folder: Path) -> list[Path]:
+    """Where a run folder holds SimpleTuner's arguments, most complete first: `simpletuner_config.json`
+    (written when publishing), accelerate's `logs/<project>/<time>/hparams.yml` (--report_to
+    tensorboard), a `config.json`/`config.toml` the user keeps beside the run."""
+    out = [folder / "simpletuner_config.json"]
+    if (folder / "logs").is_dir():
+        out += sorted((folder / "logs").rglob("hparams.yml"), key=lambda p: p.parent.name)[-1:]
+    out += [folder / "config.json", folder / "config.toml"]
+    return [p for p in out if p.is_file()]
