@@ -43,8 +43,11 @@ CATALOGUE: dict[str, CodeInfo] = {
     c.code: c
     for c in [
         _c("PROVENANCE.INCOMPLETE", "error",
-           "A render's manifest lacks facts needed to reproduce it (model hash, seed, settings, ...).",
-           "Re-render through lora-pipeline so every fact is recorded; do not judge images without provenance."),
+           "A render's manifest lacks facts needed to reproduce it (model hash, seed, settings, ...), or a "
+           "stored snapshot object no longer matches its content address (checks.full_verify, trace).",
+           "Re-render through lora-pipeline so every fact is recorded; do not judge images without provenance. "
+           "A changed stored object is restored from the source folder when it still holds the bytes; "
+           "otherwise re-snapshot the dataset."),
         _c("RUNTIME.BASE_MODEL_MISSING", "error",
            "The base model the run declares cannot be found or matched to a configured base model.",
            "Add the base model to `base_models` in the config (by name, path or hash) on the worker that renders."),

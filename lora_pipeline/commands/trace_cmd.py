@@ -1,4 +1,10 @@
-"""`lora-pipeline trace IMAGE [--json]`: walk back from a render to its source files, hashes re-checked."""
+"""`lora-pipeline trace IMAGE [--json]`: walk back from a render to its source files, hashes re-checked.
+
+Exit codes (CONTRACT section 6): 0 when the walk ran, whatever it found: a forged or altered chunk, a
+replaced checkpoint or a changed stored object is reported as mismatch / unverifiable checks (and
+`summary` counts them), not as a failure; 2 when IMAGE is not a file or not a lora-pipeline render (no
+readable PNG `lora_pipeline` chunk holding a JSON object), with one line. `--json` prints one document.
+"""
 
 from __future__ import annotations
 

@@ -13,7 +13,10 @@ same content gives the same `snapshot_id` (lora_pipeline.dataset.scan.content_id
 
 Public API for other layers (training ingestion, trace):
 
-- `take_snapshot(storage_root, dataset, source_root, full_verify=False) -> SnapshotResult`
+- `take_snapshot(storage_root, dataset, source_root, full_verify=False) -> SnapshotResult`; with
+  `full_verify` every stored object of the dataset's snapshots is re-hashed against its name first
+  (lora_pipeline.dataset.integrity), a changed one is rewritten from the source when it still holds
+  those bytes, and `.findings` names each changed object (PROVENANCE.INCOMPLETE).
 - `list_snapshots(storage_root, dataset) -> list[SnapshotInfo]`, oldest first; each has
   `snapshot_id`, `created_at` (ISO UTC), `path`, `source_root` and `files` (relative path -> sha256
   of every image, caption and metadata file).
@@ -44,6 +47,7 @@ from pathlib import Path
 import polars as pl
 
 from lora_pipeline.dataset.images import DEFAULT_MAX_PIXELS
+from lora_pipeline.dataset.integrity import Integrity, VerifyingObjectStore, verify_snapshot_objects
 from lora_pipeline.dataset.layout import DatasetError, DatasetListing
 from lora_pipeline.dataset.scan import FileStat, ObjectStore, Scan, StatCache, cache_from, scan_dataset
 from lora_pipeline.findings import Finding
@@ -81,6 +85,10 @@ class SnapshotResult:
     created: bool  # False: a snapshot with this content already existed
     scan: Scan
     previous_id: str | None  # the latest snapshot before this one
+    # full_verify only: stored objects of this dataset's snapshots that no longer hash to their name
+    # (lora_pipeline.dataset.integrity); `findings` holds the one finding naming them
+    integrity: Integrity | None = None
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def snapshot_id(self) -> str:
@@ -229,8 +237,9 @@ def take_snapshot(storage_root: str | os.PathLike, dataset: str, source_root: st
     _check_name(dataset)
     storage = Storage(Path(storage_root))
     cache, previous_id = _cache(storage, dataset, with_manifest=True)
+    integrity, store = _store(storage, dataset, full_verify)
     # a re-snapshot of unchanged content needs no manifest: only stats and stored hashes
-    scan = scan_dataset(source_root, cache=cache, full_verify=full_verify, store=ObjectStore(storage.root),
+    scan = scan_dataset(source_root, cache=cache, full_verify=full_verify, store=store,
                         max_pixels=max_pixels, workers=workers,
                         known_id=lambda sid: (storage.snapshot_dir(dataset, sid) / "snapshot.json").is_file())
     sid = scan.content_id
@@ -239,7 +248,7 @@ def take_snapshot(storage_root: str | os.PathLike, dataset: str, source_root: st
     if load_snapshot(storage.root, dataset, sid) is None:
         if scan.frame is None:  # a snapshot folder is there but unreadable: build the manifest in full
             scan = scan_dataset(source_root, cache=cache, full_verify=full_verify,
-                                store=ObjectStore(storage.root), max_pixels=max_pixels, workers=workers)
+                                store=store, max_pixels=max_pixels, workers=workers)
         _write_snapshot(folder, dataset, sid, scan)
         created = True
     info = load_snapshot(storage.root, dataset, sid)
@@ -255,7 +264,22 @@ def take_snapshot(storage_root: str | os.PathLike, dataset: str, source_root: st
             "schema_version": SCHEMA_VERSION, "dataset": dataset, "snapshot_id": sid,
             "source_root": str(scan.root), "scanned_at_ns": scan.scanned_at_ns,
             "files": {k: v.to_list() for k, v in scan.files.items()}})
-    return SnapshotResult(info, created, scan, previous_id)
+    result = SnapshotResult(info, created, scan, previous_id)
+    if integrity is not None:
+        integrity.note_repairs(storage.root, store.rewritten)
+        finding = integrity.finding()
+        result.integrity, result.findings = integrity, [finding] if finding else []
+    return result
+
+
+def _store(storage: Storage, dataset: str, full_verify: bool) -> tuple[Integrity | None, ObjectStore]:
+    """The object store of a snapshot; with `full_verify`, every object of the dataset's snapshots is
+    re-hashed first and a changed one counts as absent (rewritten from the source when it holds it)."""
+    if not full_verify:
+        return None, ObjectStore(storage.root)
+    integrity = verify_snapshot_objects(storage.root, dataset)
+    bad = {p.sha256 for p in integrity.problems}
+    return integrity, VerifyingObjectStore(storage.root, verified=set(integrity.files) - bad)
 
 
 def _write_snapshot(folder: Path, dataset: str, sid: str, scan: Scan) -> None:

@@ -1,24 +1,43 @@
 """The backward walk (CONTRACT section 6): a render -> its manifest (from the PNG's own
 `lora_pipeline` chunk, so a copied file works) -> the base model and the checkpoint file (path, sha256,
 step) -> the training run (folder, format, config files) -> the dataset snapshot (id, manifest) ->
-the source files (paths, sha256). Each step names the Dagster asset and partition that produced it and
-the Dagster run id (the render's from its manifest; the others from the instance, when one exists).
+the source files and their stored copies (paths, sha256). Each step names the Dagster asset and
+partition that produced it and the Dagster run id (the render's from its manifest; the others from the
+instance, when one exists).
 
-Every recorded hash is re-checked against what is on disk now; `checks` lists each comparison with
-status ok | mismatch | missing, so a checkpoint file replaced after the render is reported.
+The chunk (and everything named only by it) is untrusted: its ids are used only when they name a run
+and checkpoint storage holds, files are read only as trace_files.py allows, and every claim it makes is
+checked against storage (the render is among the checkpoint's recorded renders, its settings are the
+recorded ones, its manifest is the stored sidecar, its checkpoint hash and path are the run record's)
+and every recorded hash against the disk now. `checks` lists each comparison with status
+ok | mismatch | missing | unverifiable (with the reason); `summary` counts match / mismatch (missing
+included) / unverifiable, and an unverifiable check is never counted as a match. A malformed field
+gives `unverifiable: malformed manifest (field X)`. Stored snapshot objects are re-hashed (hash, not
+size); a changed one is also a finding (`findings`, PROVENANCE.INCOMPLETE, naming the object).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from lora_pipeline.config import Config
-from lora_pipeline.fsutil import model_hash, sha256_file
+from lora_pipeline.report.trace_claims import Claims, malformed_under, parse_claims
+from lora_pipeline.report.trace_files import (
+    LIMITS,
+    FileProblem,
+    Roots,
+    hash_file,
+    hash_model,
+    read_json,
+)
+from lora_pipeline.report.trace_format import format_trace
 from lora_pipeline.storage import Storage, checkpoint_partition_key
+
+__all__ = ["TraceError", "format_trace", "trace_image"]
+SETTINGS = ("prompt", "negative_prompt", "width", "height", "steps", "guidance_scale", "scheduler")
 
 
 class TraceError(Exception):
@@ -29,16 +48,26 @@ class _Checks:
     def __init__(self) -> None:
         self.items: list[dict[str, Any]] = []
 
-    def file(self, what: str, path: str | None, expected: str | None, hasher=sha256_file) -> dict[str, Any]:
-        p = Path(path) if path else None
-        if p is None or not p.exists():
-            item = {"what": what, "path": path, "expected": expected, "now": None, "status": "missing"}
-        else:
-            now = hasher(p)
-            item = {"what": what, "path": str(p), "expected": expected, "now": now,
-                    "status": "ok" if expected in (None, now) else "mismatch"}
+    def add(self, what: str, status: str, path: Any = None, expected: Any = None, now: Any = None,
+            reason: str = "") -> dict[str, Any]:
+        item = {"what": what, "path": None if path is None else str(path), "expected": expected, "now": now,
+                "status": status, "reason": reason}
         self.items.append(item)
         return item
+
+    def compare(self, what: str, expected: Any, now: Any, path: Any = None, reason: str = "") -> dict[str, Any]:
+        ok = expected == now
+        return self.add(what, "ok" if ok else "mismatch", path, expected, now, "" if ok else reason)
+
+    def file(self, what: str, path: Any, expected: Any, roots: list[Path], where: str, limit: int,
+             hasher: Callable[..., str] | None = None) -> dict[str, Any]:
+        if not (isinstance(expected, str) and len(expected) == 64):
+            return self.add(what, "unverifiable", path, expected, reason="no recorded sha256 to compare with")
+        try:
+            now = hasher() if hasher else hash_file(path, roots, where, limit)
+        except FileProblem as e:
+            return self.add(what, e.status, path, expected, reason=e.reason)
+        return self.compare(what, expected, now, path, reason="the bytes on disk now hash differently")
 
 
 RunLookup = Callable[[str, str], "str | None"]  # (asset, partition) -> Dagster run id of its latest materialization
@@ -47,141 +76,273 @@ RunLookup = Callable[[str, str], "str | None"]  # (asset, partition) -> Dagster 
 def trace_image(config: Config, image: str | os.PathLike, run_lookup: RunLookup | None = None) -> dict[str, Any]:
     """The backward walk. `run_lookup` comes from the Dagster layer (assets/lookup.py); without it
     the walk works the same, with the run ids the files themselves record."""
-    from lora_pipeline.render.manifest import read_png_chunks
-
     img = Path(image)
     if not img.is_file():
         raise TraceError(f"{img}: no such file")
-    try:
-        chunks = read_png_chunks(img)
-    except (OSError, ValueError) as e:
-        raise TraceError(f"{img}: not a readable PNG with a lora_pipeline chunk ({type(e).__name__})") from None
+    chunks = _read_chunks(img)
     m = chunks.get("lora_pipeline")
-    if not isinstance(m, dict) or "run_id" not in m:
+    if not isinstance(m, dict):
         raise TraceError(f"{img}: no lora_pipeline chunk: not a lora-pipeline render (or its metadata was stripped)")
-    storage = Storage(Path(config.storage))
-    runs = run_lookup or (lambda _asset, _partition: None)
-    checks = _Checks()
-    run_id, cid = m["run_id"], m["checkpoint_id"]
-    ckey = checkpoint_partition_key(run_id, cid)
-    name = f"{m.get('prompt_index')}-{m.get('seed')}"
-    stored_png = storage.renders_dir(run_id, cid) / m["arm"] / f"{name}.png"
-    ev = _read(storage.renders_dir(run_id, cid) / "evaluation.json") or {}
-    entry = next((r for r in ev.get("renders") or [] if r.get("arm") == m["arm"]
-                  and f"{r.get('prompt_index')}-{r.get('seed')}" == name), {})
-    checks.file("render file (as recorded by its evaluation)", str(img), entry.get("sha256"))
-    sidecar = _read(stored_png.with_suffix(".json"))
-    render = {"path": str(img.resolve()), "stored_path": str(stored_png), "arm": m["arm"], "prompt": m.get("prompt"),
-              "negative_prompt": m.get("negative_prompt"), "seed": m.get("seed"),
-              "size": f"{m.get('width')}x{m.get('height')}", "steps": m.get("steps"), "scheduler": m.get("scheduler"),
-              "guidance_scale": m.get("guidance_scale"), "created_at": m.get("created_at"),
-              "sidecar_matches_chunk": sidecar == m if sidecar is not None else None,
-              "parameters": chunks.get("parameters"),
-              "dagster": {"asset": "eval_renders", "partition": ckey, "run_id": m.get("dagster_run_id")}}
-    b = m.get("base_model") or {}
-    base = {**b, "check": checks.file("base model", b.get("path"), b.get("sha256"), model_hash)}
-    from lora_pipeline.training.ingest import IngestError, load_run_record
+    return _Walk(config, img, m, chunks.get("parameters"), run_lookup).run()
+
+
+def _read_chunks(img: Path) -> dict[str, Any]:
+    from lora_pipeline.render.manifest import read_png_chunks
 
     try:
-        record = load_run_record(config.storage, run_id)
-    except IngestError as e:
-        raise TraceError(str(e)) from None
-    ck = record.checkpoint(cid) if record else None
-    lora = m.get("lora") or {}
-    ck_path = lora.get("path") or (ck.path if ck else None)
-    checkpoint = {"checkpoint_id": cid, "path": ck_path, "sha256_at_render": lora.get("sha256"),
-                  "sha256_at_ingestion": ck.sha256 if ck else None, "step": ck.step if ck else None,
-                  "epoch": ck.epoch if ck else None, "used_by_this_render": bool(lora),
-                  "check": checks.file("checkpoint file", ck_path, lora.get("sha256") or (ck.sha256 if ck else None)),
-                  "dagster": {"asset": "lora_checkpoint", "partition": ckey, "run_id": runs("lora_checkpoint", ckey)}}
-    out: dict[str, Any] = {"image": str(img.resolve()), "render": render, "base_model": base, "checkpoint": checkpoint}
-    if record is None:
-        out["run"] = {"run_id": run_id, "missing": f"{storage.run_record(run_id)}: no run record"}
-        return _finish(out, checks)
-    out["run"] = {"run_id": run_id, "folder": record.folder, "format": record.format, "run_json": str(storage.run_record(run_id)),
-                  "config_files": record.config_files, "started_at": record.started_at, "trigger": record.trigger,
-                  "rank": record.rank, "alpha": record.alpha, "learning_rate": record.learning_rate,
-                  "steps": record.steps, "resolution": record.resolution, "sources": record.sources,
-                  "dagster": {"asset": "training_run", "partition": run_id, "run_id": runs("training_run", run_id)}}
-    out["dataset_snapshot"], out["source_files"] = _snapshot(config, record, checks, runs)
-    return _finish(out, checks)
+        return read_png_chunks(img)
+    except Exception as e:  # noqa: BLE001 - untrusted bytes: any parse failure means "not a render"
+        raise TraceError(f"{img}: not a readable PNG with a lora_pipeline chunk ({type(e).__name__})") from None
 
 
-def _snapshot(config: Config, record, checks: _Checks, runs) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    from lora_pipeline.dataset.snapshot import load_snapshot
+class _Walk:
+    def __init__(self, config: Config, img: Path, m: dict[str, Any], parameters: Any,
+                 run_lookup: RunLookup | None) -> None:
+        self.config, self.img, self.m, self.parameters = config, img, m, parameters
+        self.roots = Roots.of(config)
+        self.storage = Storage(self.roots.storage)
+        self.lookup = run_lookup or (lambda _asset, _partition: None)
+        self.checks = _Checks()
+        self.c: Claims = parse_claims(m)
+        self.record = self.ck = self.entry = None
+        self.findings: list[dict[str, Any]] = []
 
-    name, sid = record.dataset.name, record.dataset.snapshot_id
-    if not (name and sid):
-        return {"dataset": name, "snapshot_id": sid, "missing": "the run is not linked to a dataset snapshot"}, []
-    snap = load_snapshot(config.storage, name, sid)
-    if snap is None:
-        return {"dataset": name, "snapshot_id": sid, "missing": "the snapshot is not in storage"}, []
-    storage = Storage(Path(config.storage))
-    files = []
-    for rel, sha in sorted(snap.files.items()):
-        item = checks.file(f"source file {rel}", str(Path(snap.source_root) / rel), sha)
-        files.append({"relative_path": rel, "path": item["path"], "sha256": sha, "status": item["status"],
-                      "sha256_now": item["now"], "stored_copy": str(storage.object(sha)),
-                      "stored_copy_present": storage.object(sha).is_file()})
-    info = {"dataset": name, "snapshot_id": sid, "created_at": snap.created_at, "folder": str(snap.path),
-            "manifest": str(snap.manifest_path), "source_root": snap.source_root, "files": len(snap.files),
-            "dagster": {"asset": "dataset_snapshot", "partition": name, "run_id": runs("dataset_snapshot", name)}}
-    return info, files
+    def runs(self, asset: str, partition: str | None) -> str | None:
+        return self.lookup(asset, partition) if partition else None
 
+    def run(self) -> dict[str, Any]:
+        c = self.c
+        for field_name, reason in c.malformed.items():
+            self.checks.add(f"manifest field {field_name}", "unverifiable",
+                            reason=f"malformed manifest (field {field_name}): {reason}")
+        self._load_run()
+        ids_ok = self.ck is not None
+        ckey = checkpoint_partition_key(c.run_id, c.checkpoint_id) if ids_ok else None
+        render = self._render(ckey)
+        out: dict[str, Any] = {"image": str(self.img.resolve()), "render": render, "base_model": self._base(),
+                               "checkpoint": self._checkpoint(ckey)}
+        r = self.record
+        if r is None:
+            out["run"] = {"run_id": c.run_id, "missing": self._run_problem}
+        else:
+            out["run"] = {"run_id": r.run_id, "folder": r.folder, "format": r.format,
+                          "run_json": str(self.storage.run_record(r.run_id)), "config_files": r.config_files,
+                          "started_at": r.started_at, "trigger": r.trigger, "rank": r.rank, "alpha": r.alpha,
+                          "learning_rate": r.learning_rate, "steps": r.steps, "resolution": r.resolution,
+                          "sources": r.sources,
+                          "dagster": {"asset": "training_run", "partition": r.run_id,
+                                      "run_id": self.runs("training_run", r.run_id)}}
+            from lora_pipeline.report.trace_snapshot import trace_snapshot
 
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        d = json.loads(path.read_text("utf-8"))
-        return d if isinstance(d, dict) else None
-    except (OSError, ValueError):
+            out["dataset_snapshot"], out["source_files"], findings = trace_snapshot(
+                self.storage, self.roots, r, self.checks, self.runs)
+            self.findings += findings
+        items = self.checks.items
+        out["checks"] = items
+        out["summary"] = {"match": sum(i["status"] == "ok" for i in items),
+                          "mismatch": sum(i["status"] in ("mismatch", "missing") for i in items),
+                          "unverifiable": sum(i["status"] == "unverifiable" for i in items)}
+        out["mismatches"] = [i for i in items if i["status"] in ("mismatch", "missing")]
+        out["unverifiable"] = [i for i in items if i["status"] == "unverifiable"]
+        out["findings"] = self.findings
+        return out
+
+    # -- the run and its checkpoint, by validated id only -------------------------------------------
+    def _load_run(self) -> None:
+        from lora_pipeline.training.record import Roots as RecordRoots
+        from lora_pipeline.training.record import RunRecord
+
+        c, chk = self.c, self.checks
+        self._run_problem = "the manifest names no valid run id"
+        if c.run_id is None:
+            return
+        path = self.storage.run_record(c.run_id)
+        try:
+            known = c.run_id in os.listdir(self.storage.root / "runs")
+        except OSError:
+            known = False
+        if not known:
+            self._run_problem = f"no run {c.run_id!r} in storage ({self.storage.root / 'runs'})"
+            chk.add("run record", "unverifiable", path, reason=self._run_problem)
+            return
+        try:
+            doc = read_json(path, [self.roots.storage], "storage")
+            doc.pop("schema_version", None)
+            # its paths as they are in this workspace (a moved or copied one keeps tracing)
+            self.record = RunRecord.from_dict(doc, RecordRoots.of(self.config))
+        except FileProblem as e:
+            self._run_problem = e.reason
+        except Exception as e:  # noqa: BLE001 - a damaged record is reported, not raised
+            self._run_problem = f"{path}: unreadable run record ({type(e).__name__})"
+        if self.record is None:
+            chk.add("run record", "unverifiable", path, reason=self._run_problem)
+            return
+        chk.add("run record", "ok", path)
+        if c.checkpoint_id is None:
+            return
+        ids = [k.checkpoint_id for k in self.record.checkpoints]
+        self.ck = self.record.checkpoint(c.checkpoint_id)
+        if self.ck is None:
+            chk.add("checkpoint in the run record", "unverifiable", path,
+                     reason=f"run {c.run_id} records no checkpoint {c.checkpoint_id!r} (it has {', '.join(ids) or 'none'})")
+
+    # -- the render: recorded for this checkpoint, same settings, same manifest as the stored sidecar --
+    def _render(self, ckey: str | None) -> dict[str, Any]:
+        c, chk = self.c, self.checks
+        name = f"{c.prompt_index}-{c.seed}" if c.prompt_index is not None and c.seed is not None else None
+        stored = (self.storage.renders_dir(c.run_id, c.checkpoint_id) / c.arm / f"{name}.png"
+                  if self.ck is not None and c.arm and name else None)
+        ev_path = self.storage.renders_dir(c.run_id, c.checkpoint_id) / "evaluation.json" if self.ck else None
+        ev = self._json("render recorded for this checkpoint", ev_path) if ev_path else None
+        if ev is not None:
+            rows = [r for r in ev.get("renders") or [] if isinstance(r, dict)]
+            self.entry = next((r for r in rows if r.get("arm") == c.arm and r.get("prompt_index") == c.prompt_index
+                               and r.get("seed") == c.seed and not isinstance(r.get("seed"), bool)), None)
+            if self.entry is not None:
+                chk.add("render recorded for this checkpoint", "ok", ev_path)
+            else:
+                chk.add("render recorded for this checkpoint", "mismatch", ev_path,
+                        reason=f"checkpoint {c.run_id}/{c.checkpoint_id} records no render arm {c.arm}, "
+                               f"prompt {c.prompt_index}, seed {c.seed} (it records {len(rows)})")
+        elif ev_path is None:
+            chk.add("render recorded for this checkpoint", "unverifiable",
+                    reason="the manifest names no run and checkpoint storage holds")
+        e = self.entry
+        img_real = self.img.resolve()
+        chk.file("render file (as recorded by its evaluation)", str(img_real), e.get("sha256") if e else None,
+                 [img_real], "the image", LIMITS["render"])
+        if e is None:
+            chk.add("render settings (as recorded by its evaluation)", "unverifiable",
+                    reason="no recorded render to compare with")
+        else:
+            diff = [k for k in SETTINGS if getattr(c, k) is None or getattr(c, k) != e.get(k)]
+            chk.add("render settings (as recorded by its evaluation)", "mismatch" if diff else "ok", ev_path,
+                    reason=f"differs in {', '.join(diff)}" if diff else "")
+        sidecar = self._json("render manifest (chunk vs stored sidecar)", stored.with_suffix(".json")) if stored \
+            else None
+        if stored is None:
+            chk.add("render manifest (chunk vs stored sidecar)", "unverifiable",
+                    reason="the manifest names no render storage holds")
+        elif sidecar is not None:
+            diff = sorted(k for k in set(sidecar) | set(self.m) if sidecar.get(k) != self.m.get(k))
+            chk.add("render manifest (chunk vs stored sidecar)", "mismatch" if diff else "ok",
+                    stored.with_suffix(".json"), reason=f"differs in {', '.join(diff[:12])}" if diff else "")
+        self._parameters()
+        return {"path": str(img_real), "stored_path": str(stored) if stored else None, "arm": c.arm,
+                "prompt_index": c.prompt_index, "prompt": c.prompt, "negative_prompt": c.negative_prompt,
+                "seed": c.seed, "size": f"{c.width}x{c.height}", "steps": c.steps, "scheduler": c.scheduler,
+                "guidance_scale": c.guidance_scale, "created_at": c.created_at,
+                "sidecar_matches_chunk": sidecar == self.m if sidecar is not None else None,
+                "parameters": self.parameters if isinstance(self.parameters, str) else None,
+                "dagster": {"asset": "eval_renders", "partition": ckey, "run_id": c.dagster_run_id}}
+
+    def _parameters(self) -> None:
+        """The A1111 `parameters` chunk says the same prompt, negative prompt, steps, seed, size, CFG
+        and model hash as the manifest (compared by meaning: the infotext's exact wording may differ
+        between lora-pipeline versions)."""
+        from lora_pipeline.render.infotext import parse_infotext
+
+        what, c = "A1111 parameters chunk (vs the manifest)", self.c
+        if not isinstance(self.parameters, str):
+            self.checks.add(what, "unverifiable", reason="no parameters chunk")
+            return
+        try:
+            p = parse_infotext(self.parameters)
+            params = {str(k): str(v) for k, v in p["params"].items()}
+            cfg = float(params["CFG scale"]) if "CFG scale" in params else None
+        except Exception:  # noqa: BLE001 - untrusted text: unparsable is reported, not raised
+            self.checks.add(what, "mismatch", reason="not parsable as A1111 infotext")
+            return
+        said = {"prompt": (p["prompt"], c.prompt), "negative_prompt": (p["negative_prompt"], c.negative_prompt),
+                "steps": (params.get("Steps"), None if c.steps is None else str(c.steps)),
+                "seed": (params.get("Seed"), None if c.seed is None else str(c.seed)),
+                "size": (params.get("Size"), None if c.width is None or c.height is None else f"{c.width}x{c.height}"),
+                "guidance_scale": (cfg, c.guidance_scale),
+                "model hash": (params.get("Model hash") or None, (c.base_model.get("sha256") or "")[:10] or None)}
+        unknown = [k for k, (_, claimed) in said.items() if claimed is None]
+        diff = [k for k, (there, claimed) in said.items() if claimed is not None and there != claimed]
+        if diff:
+            self.checks.add(what, "mismatch", reason=f"it says another {', '.join(diff)} than the manifest")
+        elif unknown:
+            self.checks.add(what, "unverifiable", reason=f"the manifest's {', '.join(unknown)} is malformed")
+        else:
+            self.checks.add(what, "ok")
+
+    def _json(self, what: str, path: Path) -> dict[str, Any] | None:
+        try:
+            return read_json(path, [self.roots.storage], "storage")
+        except FileProblem as e:
+            status = "unverifiable" if e.status == "missing" and what.startswith("render recorded") else e.status
+            self.checks.add(what, status, path, reason=e.reason)
+            return None
+
+    # -- the checkpoint: the render's claims vs the run record, the record vs the file now ----------
+    def _checkpoint(self, ckey: str | None) -> dict[str, Any]:
+        c, ck, chk = self.c, self.ck, self.checks
+        lora = c.lora
+        if ck is not None and c.arm is not None and not malformed_under(c, "lora"):
+            if c.arm == "base":
+                if lora is not None:
+                    chk.add("checkpoint in the render manifest", "mismatch",
+                            reason="a base-arm render names LoRA facts (base renders use no LoRA)")
+            elif lora is None:
+                chk.add("checkpoint in the render manifest", "mismatch", reason=f"a {c.arm} render names no LoRA")
+            else:
+                chk.compare("checkpoint sha256 (render manifest vs run record)", ck.sha256, lora["sha256"],
+                            reason="the render names another checkpoint's bytes")
+                known = [x for x in [ck.path, *(ck.aliases if isinstance(ck.aliases, list) else [])]
+                         if isinstance(x, str)]
+                same = lora["path"] in known
+                chk.add("checkpoint path (render manifest vs run record)", "ok" if same else "mismatch",
+                        lora["path"], ck.path, lora["path"],
+                        "" if same else f"the run record's file for {c.checkpoint_id} is {ck.path}")
+        check = None
+        if ck is not None:
+            check = chk.file("checkpoint file", ck.path, ck.sha256, [self.roots.training_runs],
+                             f"training_runs ({self.roots.training_runs})", LIMITS["checkpoint"])
+        return {"checkpoint_id": c.checkpoint_id, "path": ck.path if ck else None,
+                "claimed_path": lora["path"] if lora else None,
+                "sha256_at_render": lora["sha256"] if lora else None,
+                "sha256_at_ingestion": ck.sha256 if ck else None, "step": ck.step if ck else None,
+                "epoch": ck.epoch if ck else None, "used_by_this_render": lora is not None, "check": check,
+                "dagster": {"asset": "lora_checkpoint", "partition": ckey,
+                            "run_id": self.runs("lora_checkpoint", ckey)}}
+
+    # -- the base model: a configured entry only, hashed there ------------------------------------
+    def _base(self) -> dict[str, Any]:
+        b, chk = self.c.base_model, self.checks
+        out = {"name": b.get("name"), "path": b.get("path"), "sha256": b.get("sha256"),
+               "architecture": b.get("architecture"), "check": None}
+        if malformed_under(self.c, "base_model"):
+            return out
+        entry = self._base_entry(b)
+        if entry is None:
+            out["check"] = chk.add("base model", "unverifiable", b.get("path"), b.get("sha256"),
+                                   reason=f"{b.get('name')!r} at {b.get('path')!r} is not a configured "
+                                          "base_models entry; not read")
+            return out
+        name, real, declared = entry
+        out["configured_entry"] = name
+        item = chk.file("base model", str(real), b.get("sha256"), [real], f"base model {name}", LIMITS["model"],
+                        hasher=lambda: hash_model(real, declared))
+        if item["status"] == "ok" and b.get("path") is not None and not _same_path(b["path"], declared, real):
+            item.update(status="mismatch", reason=f"same bytes, but the render names {b['path']}, "
+                                                  f"the configured entry {name} is {declared}")
+        out["check"] = item
+        return out
+
+    def _base_entry(self, b: dict[str, Any]) -> tuple[str, Path, Path] | None:
+        cfg = self.config.base_models
+        for name, real in self.roots.base_models.items():
+            declared = Path(os.path.abspath(cfg[name]))
+            if b.get("name") == name or (b.get("path") and _same_path(b["path"], declared, real)):
+                return name, real, declared
         return None
 
 
-def _finish(out: dict[str, Any], checks: _Checks) -> dict[str, Any]:
-    out["checks"] = checks.items
-    out["mismatches"] = [c for c in checks.items if c["status"] != "ok"]
-    return out
+def _same_path(claimed: str, declared: Path, real: Path) -> bool:
+    try:
+        return os.path.abspath(claimed) == str(declared) or Path(os.path.realpath(claimed)) == real
+    except (ValueError, OSError):
+        return False
 
-
-def format_trace(t: dict[str, Any]) -> str:
-    def st(c: dict[str, Any] | None) -> str:
-        if not c:
-            return ""
-        if c["status"] == "ok":
-            return "[hash ok]"
-        if c["status"] == "missing":
-            return "[MISSING on disk now]"
-        return f"[MISMATCH: recorded {str(c['expected'])[:16]}..., on disk now {str(c['now'])[:16]}...]"
-
-    r, b, ck = t["render"], t["base_model"], t["checkpoint"]
-    render_check = next((c for c in t["checks"] if c["what"].startswith("render")), None)
-    lines = [f"render            {t['image']} {st(render_check) if render_check and render_check['expected'] else ''}",
-             f"  manifest        arm {r['arm']}, seed {r['seed']}, {r['size']}, {r['steps']} steps, {r['scheduler']}, "
-             f"cfg {r['guidance_scale']}: {r['prompt']!r}",
-             f"  dagster         {_dg(r['dagster'])}",
-             f"base model        {b.get('name')} {b.get('path')} sha256 {str(b.get('sha256'))[:16]}... {st(b['check'])}",
-             f"checkpoint        {ck['checkpoint_id']} step {ck['step']} {ck['path']} sha256 "
-             f"{str(ck['sha256_at_render'] or ck['sha256_at_ingestion'])[:16]}... {st(ck['check'])}",
-             f"  dagster         {_dg(ck['dagster'])}"]
-    run = t["run"]
-    if "missing" in run:
-        lines.append(f"training run      {run['missing']}")
-    else:
-        lines += [f"training run      {run['run_id']} ({run['format']}) {run['folder']}; config: "
-                  f"{', '.join(run['config_files']) or 'none'}", f"  dagster         {_dg(run['dagster'])}"]
-        ds = t["dataset_snapshot"]
-        if "missing" in ds:
-            lines.append(f"dataset snapshot  {ds.get('dataset')} {ds.get('snapshot_id')}: {ds['missing']}")
-        else:
-            lines += [f"dataset snapshot  {ds['dataset']} {ds['snapshot_id']} manifest {ds['manifest']}",
-                      f"  dagster         {_dg(ds['dagster'])}", f"source files      {ds['files']} under {ds['source_root']}"]
-            lines += [f"  {f['relative_path']}  {f['sha256'][:16]}...  {st({'status': f['status'], 'expected': f['sha256'], 'now': f['sha256_now']})}"
-                      for f in t["source_files"]]
-    bad = t["mismatches"]
-    lines.append(f"{len(bad)} hash check(s) failed: " + "; ".join(f"{c['what']} {c['status']}" for c in bad)
-                 if bad else f"all {len(t['checks'])} hash checks match what is on disk now")
-    return "\n".join(lines)
-
-
-def _dg(d: dict[str, Any]) -> str:
-    return f"{d['asset']}[{d['partition']}] run {d['run_id'] or '(not materialized through Dagster)'}"

@@ -38,8 +38,14 @@ def test_copied_render_traces_to_the_snapshot_source_files(world, tmp_path, caps
     files = {f["relative_path"]: f for f in t["source_files"]}
     assert {k: f["sha256"] for k, f in files.items()} == snap.files  # exactly the snapshot's files
     assert all(Path(f["path"]).parent.is_relative_to(world.root / "data" / "products") for f in files.values())
-    assert all(f["status"] == "ok" and f["stored_copy_present"] for f in files.values())
-    assert t["mismatches"] == []
+    assert all(f["status"] == "ok" and f["stored_copy_status"] == "ok" for f in files.values())
+    assert t["mismatches"] == [] and t["unverifiable"] == [] and t["findings"] == []
+    assert t["summary"] == {"match": len(t["checks"]), "mismatch": 0, "unverifiable": 0}
+    # every claim of the chunk was checked, not only the file hashes
+    assert {"render recorded for this checkpoint", "render settings (as recorded by its evaluation)",
+            "render manifest (chunk vs stored sidecar)", "A1111 parameters chunk (vs the manifest)",
+            "checkpoint sha256 (render manifest vs run record)", "checkpoint path (render manifest vs run record)",
+            "run record", "dataset snapshot", "base model", "checkpoint file"} <= {c["what"] for c in t["checks"]}
 
 
 def test_replaced_checkpoint_file_is_reported(world, tmp_path, capsys):
@@ -58,9 +64,11 @@ def test_replaced_checkpoint_file_is_reported(world, tmp_path, capsys):
         assert set(bad) == {"checkpoint file"}
         assert bad["checkpoint file"]["status"] == "mismatch"
         assert bad["checkpoint file"]["expected"] == t["checkpoint"]["sha256_at_render"] != bad["checkpoint file"]["now"]
+        assert t["summary"] == {"match": len(t["checks"]) - 1, "mismatch": 1, "unverifiable": 0}
         assert main(["trace", str(image), "--config", str(world.config_path)]) == 0
         text = capsys.readouterr().out
-        assert "MISMATCH" in text and "1 hash check(s) failed: checkpoint file mismatch" in text
+        assert f"checks: {len(t['checks']) - 1} match, 1 mismatch, 0 unverifiable" in text
+        assert "MISMATCH     checkpoint file: the bytes on disk now hash differently" in text
     finally:
         shutil.copy2(saved, ck)
 
