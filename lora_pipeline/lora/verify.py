@@ -116,17 +116,43 @@ _FLUX_DOUBLE = {"img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"), "img_at
                 "txt_mlp_2": ("ff_context.net.2",), "txt_mod_lin": ("norm1_context.linear",)}
 _FLUX_SINGLE = {"linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), "linear2": ("proj_out",),
                 "modulation_lin": ("norm.linear",)}
+_FLUX_EXTRA = {"img_in": "x_embedder", "txt_in": "context_embedder", "final_layer_linear": "proj_out",
+               "time_in_in_layer": "time_text_embed.timestep_embedder.linear_1",
+               "time_in_out_layer": "time_text_embed.timestep_embedder.linear_2",
+               "vector_in_in_layer": "time_text_embed.text_embedder.linear_1",
+               "vector_in_out_layer": "time_text_embed.text_embedder.linear_2",
+               "guidance_in_in_layer": "time_text_embed.guidance_embedder.linear_1",
+               "guidance_in_out_layer": "time_text_embed.guidance_embedder.linear_2"}
+# FLUX.2: the MLPs are linear_in/linear_out and a single block's linear1 stays one fused module.
+_FLUX2_DOUBLE = {**{k: v for k, v in _FLUX_DOUBLE.items() if "mlp" not in k and "mod" not in k},
+                 "img_mlp_0": ("ff.linear_in",), "img_mlp_2": ("ff.linear_out",),
+                 "txt_mlp_0": ("ff_context.linear_in",), "txt_mlp_2": ("ff_context.linear_out",)}
+_FLUX2_SINGLE = {"linear1": ("attn.to_qkv_mlp_proj",), "linear2": ("attn.to_out",)}
+_FLUX2_EXTRA = {"img_in": "x_embedder", "txt_in": "context_embedder", "final_layer_linear": "proj_out",
+                "time_in_in_layer": "time_guidance_embed.timestep_embedder.linear_1",
+                "time_in_out_layer": "time_guidance_embed.timestep_embedder.linear_2",
+                "guidance_in_in_layer": "time_guidance_embed.guidance_embedder.linear_1",
+                "guidance_in_out_layer": "time_guidance_embed.guidance_embedder.linear_2",
+                "single_stream_modulation_lin": "single_stream_modulation.linear",
+                "double_stream_modulation_img_lin": "double_stream_modulation_img.linear",
+                "double_stream_modulation_txt_lin": "double_stream_modulation_txt.linear"}
+# Left out on purpose: final_layer.adaLN_modulation.1, whose halves (shift, scale) diffusers stores
+# swapped; a file module there counts as missing rather than being applied the wrong way round.
 
 
 def _flux_aliases(model: Any) -> dict[str, tuple[str, ...]]:
-    """The original FLUX.1 (BFL) spelling that kohya and ComfyUI files use, for a FluxTransformer2DModel:
-    fused projections (qkv, linear1) stand for several diffusers modules, split along the output."""
-    out: dict[str, tuple[str, ...]] = {}
+    """The original FLUX (BFL) spelling that kohya, ai-toolkit (FLUX.2) and ComfyUI files use, for a
+    FLUX.1 or FLUX.2 transformer: fused projections (qkv, FLUX.1's linear1) stand for several
+    diffusers modules, split along the output."""
+    flux2 = hasattr(model, "double_stream_modulation_img")
+    double, single, extra = (_FLUX2_DOUBLE, _FLUX2_SINGLE, _FLUX2_EXTRA) if flux2 else \
+        (_FLUX_DOUBLE, _FLUX_SINGLE, _FLUX_EXTRA)
+    out: dict[str, tuple[str, ...]] = {bfl: (name,) for bfl, name in extra.items()}
     for i in range(len(getattr(model, "transformer_blocks", []))):
-        for bfl, parts in _FLUX_DOUBLE.items():
+        for bfl, parts in double.items():
             out[f"double_blocks_{i}_{bfl}"] = tuple(f"transformer_blocks.{i}.{p}" for p in parts)
     for i in range(len(getattr(model, "single_transformer_blocks", []))):
-        for bfl, parts in _FLUX_SINGLE.items():
+        for bfl, parts in single.items():
             out[f"single_blocks_{i}_{bfl}"] = tuple(f"single_transformer_blocks.{i}.{p}" for p in parts)
     return out
 

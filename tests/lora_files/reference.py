@@ -385,8 +385,13 @@ def render(pipe, manifest: dict[str, Any]):
     original = pipe.scheduler
     if manifest["scheduler"] != type(pipe.scheduler).__name__:
         pipe.scheduler = getattr(diffusers, manifest["scheduler"]).from_config(pipe.scheduler.config)
+    import inspect
+
+    # FLUX.2 Klein takes no negative prompt (the manifest then records "" for it)
+    neg = {"negative_prompt": manifest["negative_prompt"]} \
+        if "negative_prompt" in inspect.signature(type(pipe).__call__).parameters else {}
     try:
-        result = pipe(prompt=manifest["prompt"], negative_prompt=manifest["negative_prompt"],
+        result = pipe(prompt=manifest["prompt"], **neg,
                       num_inference_steps=manifest["steps"], guidance_scale=manifest["guidance_scale"],
                       width=manifest["width"], height=manifest["height"], num_images_per_prompt=1,
                       output_type="pil", generator=torch.Generator("cpu").manual_seed(manifest["seed"]),

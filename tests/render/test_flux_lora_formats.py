@@ -23,8 +23,20 @@ SINGLE = {"linear1": (("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"), HIDDE
 SPLIT = {"proj_mlp": MLP}
 
 
-def _modules():
+# FLUX.2 (toy: hidden 32): its MLPs are linear_in (192) / linear_out, and linear1 stays one module.
+DOUBLE2 = {"img_attn.qkv": DOUBLE["img_attn.qkv"], "txt_attn.qkv": DOUBLE["txt_attn.qkv"],
+           "img_attn.proj": DOUBLE["img_attn.proj"], "img_mlp.0": (("ff.linear_in",), HIDDEN, 192),
+           "txt_mlp.2": (("ff_context.linear_out",), 96, HIDDEN)}
+SINGLE2 = {"linear1": (("attn.to_qkv_mlp_proj",), HIDDEN, 288), "linear2": (("attn.to_out",), 128, HIDDEN)}
+
+
+def _modules(flux2: bool = False):
     """(bfl name, diffusers names, in, [out per diffusers module])"""
+    if flux2:
+        return ([(f"double_blocks.0.{b}", [f"transformer_blocks.0.{n}" for n in names], i, [o] * len(names))
+                 for b, (names, i, o) in DOUBLE2.items()]
+                + [(f"single_blocks.0.{b}", [f"single_transformer_blocks.0.{n}" for n in names], i, [o])
+                   for b, (names, i, o) in SINGLE2.items()])
     out = []
     for bfl, (names, fan_in, fan_out) in DOUBLE.items():
         out.append((f"double_blocks.0.{bfl}", [f"transformer_blocks.0.{n}" for n in names], fan_in,
@@ -35,11 +47,11 @@ def _modules():
     return out
 
 
-def _pairs(seed: int, dynamic: bool = False):
+def _pairs(seed: int, dynamic: bool = False, flux2: bool = False):
     """Random down/up pairs; `dynamic`: ranks 4 and 2 in turn, as resized kohya files have."""
     g = torch.Generator().manual_seed(seed)
     out = {}
-    for i, (bfl, _names, fan_in, outs) in enumerate(_modules()):
+    for i, (bfl, _names, fan_in, outs) in enumerate(_modules(flux2)):
         rank = 2 if dynamic and i % 2 else 4
         out[bfl] = (torch.randn(rank, fan_in, generator=g) * 0.3, torch.randn(sum(outs), rank, generator=g) * 0.3)
     return out
@@ -67,7 +79,16 @@ def bfl_flux(path, seed=2):
     return dict.fromkeys(_pairs(seed), 1.0)
 
 
-def _hand_merged_render(base, path, scales, manifest):
+def aitoolkit_flux2(path, seed=3):
+    """ai-toolkit's FLUX.2 files: BFL keys under `diffusion_model.`, lora_A/lora_B, no alpha."""
+    sd = {}
+    for bfl, (down, up) in _pairs(seed, flux2=True).items():
+        sd[f"diffusion_model.{bfl}.lora_A.weight"], sd[f"diffusion_model.{bfl}.lora_B.weight"] = down, up
+    save_file(sd, str(path))
+    return dict.fromkeys(_pairs(seed, flux2=True), 1.0)
+
+
+def _hand_merged_render(base, path, scales, manifest, flux2=False):
     """W += scale * (B @ A), B's rows split onto the diffusers modules in output order."""
     from safetensors import safe_open
 
@@ -78,7 +99,7 @@ def _hand_merged_render(base, path, scales, manifest):
         tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open is no dict
     try:
         with torch.no_grad():
-            for bfl, names, _fan_in, outs in _modules():
+            for bfl, names, _fan_in, outs in _modules(flux2):
                 kohya = "lora_unet_" + bfl.replace(".", "_")
                 down = tensors.get(f"{kohya}.lora_down.weight", tensors.get(f"diffusion_model.{bfl}.lora_A.weight"))
                 up = tensors.get(f"{kohya}.lora_up.weight", tensors.get(f"diffusion_model.{bfl}.lora_B.weight"))
@@ -112,3 +133,17 @@ def test_flux_layouts_verify_by_value_and_render_as_merged_by_hand(toy_flux1_bas
     assert ref.pixel_match(got, _hand_merged_render(toy_flux1_base, f, scales, manifest)).ok
     half = {k: v * 0.5 for k, v in scales.items()}  # the control: the tolerance separates right from wrong
     assert not ref.pixel_match(got, _hand_merged_render(toy_flux1_base, f, half, manifest)).ok
+
+
+def test_flux2_bfl_layout_verifies_by_value_and_renders_as_merged_by_hand(toy_flux2_base, tmp_path):
+    f = tmp_path / "flux2.safetensors"
+    scales = aitoolkit_flux2(f)
+    r = evaluate(toy_flux2_base, "flux2", f, tmp_path / "out")
+    assert r.verdict != "evaluation_invalid", [(x.code, x.message) for x in r.findings if x.severity == "error"]
+    load = r.document["lora_load"]
+    assert load["by_value"]["statuses"] == {"ok": 7}, load["by_value"]
+    png = next((tmp_path / "out" / "lora_trigger").glob("*.png"))
+    manifest, got = ref.read_manifest(png), ref.read_png(png)
+    assert ref.pixel_match(got, _hand_merged_render(toy_flux2_base, f, scales, manifest, flux2=True)).ok
+    half = {k: v * 0.5 for k, v in scales.items()}
+    assert not ref.pixel_match(got, _hand_merged_render(toy_flux2_base, f, half, manifest, flux2=True)).ok
