@@ -19,7 +19,8 @@ def render_manifest(inp: Any, base: dict[str, Any], req: RenderRequest, out: Ren
                     versions: dict[str, str]) -> dict[str, Any]:
     r = out.requested
     phase = dict(load_timings)
-    phase.update({f"{k}_s": v for k, v in timings.items() if k != "save"}, step_s=out.step_s)
+    phase.update({f"{k}_s": v for k, v in timings.items() if k != "save"}, step_s=out.step_s,
+                 text_encoder_s=out.observed.get("text_encoder_s") or {})
     if req.arm == "base":
         phase = {k: v for k, v in phase.items() if not k.startswith("lora_")}
     return {

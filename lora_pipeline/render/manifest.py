@@ -11,7 +11,8 @@ Manifest shape (schema_version 1):
      alpha_source, applied (as_file | partial), short_hash (A1111/civitai)}, trigger, prompt, negative_prompt, token_counts {prompt: {tokenizer: n},
      negative_prompt: {...}}, seed, width, height, steps, guidance_scale, scheduler, dtype, device,
      generator ("cpu"), memory_settings, library_versions, phase_timings {pipeline_load_s,
-     pipeline_load (cold|warm), lora_load_s, lora_verify_s, encode_s, denoise_s, step_s[], decode_s},
+     pipeline_load (cold|warm), lora_load_s, lora_verify_s, encode_s, text_encoder_s {encoder: s}, denoise_s,
+     step_s[], decode_s},
      observed {steps_run, width, height, guidance_scale, scheduler}, sampler_a1111 {sampler,
      schedule_type, known (false: no A1111 name, the class name is written)}, pixels_sha256,
      dagster_run_id (null outside Dagster), created_at}

@@ -1,7 +1,7 @@
 """One image, batch 1, one CPU generator seeded for it, with its phases timed as they happen.
 
 Phases (the clock's names): `encode` (call start to the denoiser's first forward: prompt encoding and
-latent setup), `denoise` (per-step progress via `callback_on_step_end`), `decode` (from the VAE
+latent setup; each text encoder's own forward time is in `observed.text_encoder_s`), `denoise` (per-step progress via `callback_on_step_end`), `decode` (from the VAE
 decoder's first forward, or the end of the last step, to the call's return: VAE decode and
 post-processing). The caller times `save`. Hooks are our own forward pre-hooks, removed afterwards.
 
@@ -99,8 +99,26 @@ def render_image(pipe: Any, spec: EvalSpec, req: RenderRequest, clock: PhaseCloc
         if heartbeat:
             heartbeat.beat("decode", total)
 
+    encoder_s: dict[str, float] = {}  # per text encoder: SD3 has three, FLUX two, Klein one (Qwen)
+    started: dict[str, float] = {}
+
+    def encoder_hooks(name: str) -> tuple[Callable, Callable]:
+        def pre(_m: Any, _a: Any) -> None:
+            started[name] = time.perf_counter()
+            if heartbeat:
+                heartbeat.beat(f"encode:{name}", force=False)
+
+        def post(_m: Any, _a: Any, _o: Any) -> None:
+            encoder_s[name] = round(encoder_s.get(name, 0.0) + time.perf_counter() - started.pop(name, time.perf_counter()), 6)
+        return pre, post
+
     denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
     handles = [denoiser.register_forward_pre_hook(denoiser_start, prepend=True)]
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        enc = getattr(pipe, name, None)
+        if enc is not None:
+            pre, post = encoder_hooks(name)
+            handles += [enc.register_forward_pre_hook(pre), enc.register_forward_hook(post)]
     vae = getattr(pipe, "vae", None)
     if vae is not None and hasattr(vae, "decoder"):
         handles.append(vae.decoder.register_forward_pre_hook(decode_start, prepend=True))
@@ -117,7 +135,8 @@ def render_image(pipe: Any, spec: EvalSpec, req: RenderRequest, clock: PhaseCloc
     image = result.images[0]
     observed = {"steps_run": len(step_s), "width": image.size[0], "height": image.size[1],
                 "guidance_scale": float(getattr(pipe, "guidance_scale", kwargs["guidance_scale"])),
-                "scheduler": type(pipe.scheduler).__name__, "negative_prompt_parameter": takes_negative}
+                "scheduler": type(pipe.scheduler).__name__, "negative_prompt_parameter": takes_negative,
+                "text_encoder_s": encoder_s}
     return RenderOutput(image=image, requested=requested, observed=observed, step_s=[round(s, 6) for s in step_s],
                         pixels_sha256=pixels_sha256(image))
 

@@ -129,3 +129,32 @@ def test_a_lora_of_another_family_is_base_model_mismatch(family_bases, tmp_path)
     (mm,) = [x for x in r.findings if x.code == "RUNTIME.BASE_MODEL_MISMATCH"]
     assert "sd3" in mm.message and "flux1" in mm.message
     assert {x["arm"] for x in r.renders} == {"base"} and "RUNTIME.LORA_NOT_APPLIED" not in {x.code for x in r.findings}
+
+
+@pytest.mark.parametrize(("fam", "encoders"), [("sd3", {"text_encoder", "text_encoder_2", "text_encoder_3"}),
+                                               ("flux1", {"text_encoder", "text_encoder_2"}),
+                                               ("flux2", {"text_encoder"})])
+def test_phases_are_timed_per_text_encoder(evaluated, fam, encoders):
+    """Warm-up vs stall works as on SD1.x: the phases (encode, per encoder, denoise steps, decode) are
+    timed in every manifest."""
+    r = evaluated[fam]
+    for row in r.renders:
+        side = json.loads((r.path.parent / row["manifest"]).read_text())
+        phases = side["phase_timings"]
+        assert set(phases["text_encoder_s"]) == encoders and all(v > 0 for v in phases["text_encoder_s"].values())
+        assert phases["encode_s"] > 0 and phases["denoise_s"] > 0 and phases["decode_s"] > 0
+        assert len(phases["step_s"]) == 2 and "pipeline_load" in phases
+
+
+def test_a_dead_render_of_a_transformer_family_is_worker_lost_and_redone(family_bases, family_loras, tmp_path):
+    from lora_pipeline.render import ops
+
+    out = tmp_path / "out"
+    (out / ops.HEARTBEAT_DIR).mkdir(parents=True)
+    (out / ops.HEARTBEAT_DIR / "lora_trigger__0-11.json").write_text(json.dumps(
+        {"pid": 999999, "host": "elsewhere", "updated": 0, "phase": "encode:text_encoder_2",
+         "output": str(out / "lora_trigger/0-11.png")}))
+    r = evaluate(family_bases["flux1"], "flux1", family_loras["flux1"], out)
+    lost = next(f for f in r.findings if f.code == "OPERATIONAL.WORKER_LOST")
+    assert lost.evidence["phase"] == "encode:text_encoder_2" and lost.evidence["recovered"] is True
+    assert lost.severity == "info" and (out / "lora_trigger" / "0-11.png").is_file()
