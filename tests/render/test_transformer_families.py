@@ -158,3 +158,38 @@ def test_a_dead_render_of_a_transformer_family_is_worker_lost_and_redone(family_
     lost = next(f for f in r.findings if f.code == "OPERATIONAL.WORKER_LOST")
     assert lost.evidence["phase"] == "encode:text_encoder_2" and lost.evidence["recovered"] is True
     assert lost.severity == "info" and (out / "lora_trigger" / "0-11.png").is_file()
+
+
+def _rewrite(src: Path, out: Path, change) -> Path:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(src), "pt") as fh:
+        meta = fh.metadata()
+    save_file({k: v.contiguous() for k, v in change(load_file(str(src))).items()}, str(out), metadata=meta)
+    return out
+
+
+@pytest.mark.parametrize("fam", FAMILIES)
+def test_wrong_prefix_is_not_applied_and_zero_file_is_no_effect(family_bases, family_loras, fam, tmp_path):
+    wrong = _rewrite(family_loras[fam], tmp_path / "prefix.safetensors",
+                     lambda sd: {k.replace("transformer.", "model.transformer.", 1): v for k, v in sd.items()})
+    r = evaluate(family_bases[fam], fam, wrong, tmp_path / "wrong")
+    codes = {f.code for f in r.findings if f.severity == "error"}
+    assert codes & {"RUNTIME.LORA_NOT_APPLIED", "RUNTIME.LORA_INCOMPATIBLE"}, codes
+    assert {x["arm"] for x in r.renders} == {"base"}
+    zero = _rewrite(family_loras[fam], tmp_path / "zero.safetensors",
+                    lambda sd: {k: (v * 0 if "lora_B" in k else v) for k, v in sd.items()})
+    r = evaluate(family_bases[fam], fam, zero, tmp_path / "zero")
+    codes = {f.code for f in r.findings}
+    assert "QUALITY.NO_LORA_EFFECT" in codes and "RUNTIME.LORA_NOT_APPLIED" not in codes
+
+
+@pytest.mark.parametrize(("fam", "long_encoder"), [("sd3", "tokenizer_3"), ("flux1", "tokenizer_2"),
+                                                    ("flux2", "tokenizer")])
+def test_trigger_past_the_long_encoders_limit_is_truncated(family_bases, family_loras, fam, long_encoder, tmp_path):
+    """T5 (SD3 256, FLUX.1 512) and Qwen (Klein 512): a prompt past the limit with the trigger at its end."""
+    long = " ".join(["a red wooden chair in a bright studio with soft light,"] * 70) + " {trigger}"
+    r = evaluate(family_bases[fam], fam, family_loras[fam], tmp_path / "out", spec=tiny_spec(prompts=(long,)))
+    lost = {f.evidence["tokenizer"]: f.evidence["limit"] for f in r.findings if f.code == "RUNTIME.TRIGGER_TRUNCATED"}
+    assert long_encoder in lost and lost[long_encoder] == {"sd3": 256, "flux1": 512, "flux2": 512}[fam], lost
