@@ -17,12 +17,18 @@ stale-status resolver (MISSING/STALE: never materialized, code version changed, 
 version changed) plus content checks Dagster cannot see (training_run: the run folder's fingerprint;
 lora_checkpoint: the file's sha256; eval_renders: evaluation.json present). `include_all` redoes
 everything (renders still come from the render cache when their keys are unchanged).
+
+Safety (assets/launch_guard.py, assets/run_health.py): one launch at a time per instance (a second
+one says who holds it and waits); runs whose process is gone are closed first (marked failed, pool
+slots freed) so their checkpoints are evaluated again; pool slots are claimed in our own loop, which
+says who holds them; Ctrl-C / SIGTERM end the launch at once (`Interrupted`); a failed step's line
+names its root cause (assets/root_cause.py).
 """
 
 from __future__ import annotations
 
-import os
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,12 +36,23 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.launch_guard import (
+    ASSETS_TAG,
+    LAUNCH_TAG,
+    LaunchLock,
+    Signals,
+    add_partitions,
+    launcher_tags,
+    open_instance,
+)
 from assets.partitions import CHECKPOINTS, TRAINING_RUNS
+from assets.root_cause import error_line, step_failure_line
+from assets.run_health import RunHealth
 from lora_pipeline.config import Config
 from lora_pipeline.training.settle import TRUNCATED, Left
 
 Progress = Callable[[int, int, str], None]  # (done, total, label of what just finished)
-LAUNCH_TAG = "lora_pipeline/launcher"
+Say = Callable[[str], None]  # one line for the user, printed at once (waits, lost runs closed)
 OBSERVE_JOB = "__lora_pipeline_observe_sources"
 
 
@@ -63,6 +80,7 @@ class LaunchSummary:
     renders: int = 0  # images actually rendered (not reused from the render cache)
     left: list[Left] = field(default_factory=list)  # checkpoint files not evaluated: still being written
     pickup_seconds: int = 0  # the sensor counts a file that stopped changing within this long
+    reaped: list[str] = field(default_factory=list)  # lost runs closed by this launch (already said)
 
     def _of(self, status: str) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == status]
@@ -121,10 +139,11 @@ def stale_resolver(instance: dg.DagsterInstance, graph):
 
 class _Launch:
     def __init__(self, config: Config, instance: dg.DagsterInstance, include_all: bool,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, guard: tuple[RunHealth, LaunchLock, Signals] | None = None) -> None:
         from assets import build_definitions
 
         self.config, self.instance, self.include_all = config, instance, include_all
+        self.health, self.lock, self.signals = guard or (RunHealth(instance, config, lambda _m: None), None, None)
         self.progress = progress or (lambda _d, _t, _l: None)
         # One Definitions for the whole launch: the code location's, plus a job that observes sources
         # (an asset job is the way to record observations of an observable source asset).
@@ -181,25 +200,39 @@ class _Launch:
         return (Storage(Path(self.config.storage)).renders_dir(run_id, ck) / "evaluation.json").is_file()
 
     # -- execution ------------------------------------------------------------------------------
+    def run_job(self, job, partition: str | None, kind: str, what: str = ""):
+        """One in-process run: its pool slots claimed first (in our loop), launcher tags recorded,
+        claims freed after; a signal Dagster swallowed during the run ends the launch."""
+        run_id = str(uuid.uuid4())
+        pools = {n.name: n.definition.pool for n in job.graph.nodes if getattr(n.definition, "pool", None)}
+        if self.lock is not None:
+            self.lock.note(claiming=run_id)
+        try:
+            self.health.claim(run_id, pools, f"{what or kind}[{partition}]" if partition else what or kind)
+            return job.execute_in_process(instance=self.instance, partition_key=partition, raise_on_error=False,
+                                          run_id=run_id, tags={LAUNCH_TAG: kind, ASSETS_TAG: what or kind,
+                                                               **launcher_tags()},
+                                          run_config=self.run_config)
+        finally:
+            self.health.release(run_id)
+            if self.lock is not None:
+                self.lock.note(claiming=None)
+            if self.signals is not None:
+                self.signals.check()
+
     def execute(self, keys: list[dg.AssetKey], partition: str | None, label: str) -> bool:
         """One in-process run for these keys (one partition); outcomes recorded; True when all done."""
         job = self.job.get_subset(asset_selection=set(keys))
         try:
-            result = job.execute_in_process(instance=self.instance, partition_key=partition, raise_on_error=False,
-                                            tags={LAUNCH_TAG: "materialize"}, run_config=self.run_config)
+            result = self.run_job(job, partition, "materialize", ",".join(k.to_user_string() for k in keys))
         except Exception as e:  # noqa: BLE001 - one partition's setup error must not stop the others
-            reason = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:300]}"
+            reason = error_line(e)
             self.outcomes += [Outcome(k.to_user_string(), partition, "failed", reason) for k in keys]
             self._tick(label)
             return False
         done = {e.asset_key for e in result.get_asset_materialization_events()}
-        reasons = {}
-        for ev in result.all_events:
-            if ev.is_step_failure:
-                data = ev.step_failure_data
-                desc = data.user_failure_data.description if data.user_failure_data else None
-                msg = desc or (data.error.message.strip().splitlines() or [""])[-1] if data.error else desc
-                reasons[ev.step_key] = (msg or "step failed").strip()[:400]
+        reasons = {ev.step_key: step_failure_line(ev.step_failure_data)
+                   for ev in result.all_events if ev.is_step_failure}
         first_reason = next(iter(reasons.values()), "the run failed")
         for k in keys:
             if k in done:
@@ -262,8 +295,7 @@ def _datasets(launch: _Launch) -> None:
     if not launch.config.datasets or not launch.graph.has(SNAPSHOT_KEY):
         return
     if not _observations_current(launch):
-        launch.defs.resolve_job_def(OBSERVE_JOB).execute_in_process(
-            instance=launch.instance, tags={LAUNCH_TAG: "observe"}, run_config=launch.run_config)
+        launch.run_job(launch.defs.resolve_job_def(OBSERVE_JOB), None, "observe")
     for name in sorted(launch.config.datasets):
         on_disk = latest_snapshot(launch.config.storage, name) is not None
         if on_disk and not launch._needs([SNAPSHOT_KEY], name, {}):  # stale when the observed source moved
@@ -284,71 +316,75 @@ def pickup_seconds(config: Config) -> int:
 def materialize(config: Config, run_ids: Iterable[str] = (), checkpoint_ids: Iterable[str] = (),
                 include_all: bool = False, progress: Progress | None = None,
                 instance: dg.DagsterInstance | None = None,
-                sleep: Callable[[float], None] = time.sleep) -> LaunchSummary:
+                sleep: Callable[[float], None] = time.sleep, say: Say | None = None) -> LaunchSummary:
     """Discover, add partitions and materialize what is missing or stale (module docstring).
-    `sleep` waits out the settle re-check (`checks.checkpoint_recheck_seconds`)."""
+    `sleep` waits out the settle re-check (`checks.checkpoint_recheck_seconds`); `say` prints a line
+    at once (a wait for the launch lock or a pool slot, a lost run closed). Raises `Interrupted` on
+    SIGINT / SIGTERM (main thread)."""
     from lora_pipeline.instance import prepare_dagster_home
+
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    say = say or (lambda _m: None)
+    home = prepare_dagster_home(config)
+    # The lock first: two launches on a fresh instance must not create its databases at once either.
+    with Signals() as signals, LaunchLock(home, say) as lock:
+        owned = instance is None
+        instance = open_instance(home) if owned else instance
+        try:
+            health = RunHealth(instance, config, say, signals.check, dead_claim=lock.previous.get("claiming"),
+                               holds_lock=True)
+            health.reap()
+            summary = _materialize(config, instance, tuple(run_ids), tuple(checkpoint_ids), include_all, progress,
+                                   sleep, (health, lock, signals))
+        finally:
+            if owned:
+                instance.dispose()
+    summary.dagster_home, summary.reaped = home, health.reaped
+    return summary
+
+
+def _materialize(config: Config, instance: dg.DagsterInstance, run_ids: tuple[str, ...],
+                 checkpoint_ids: tuple[str, ...], include_all: bool, progress: Progress | None,
+                 sleep: Callable[[float], None], guard) -> LaunchSummary:
     from lora_pipeline.render import cache
     from lora_pipeline.render.pipeline import BASE_LOADS
     from lora_pipeline.training.scan import scan_runs_rechecked
 
     t0 = time.perf_counter()
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-    home = prepare_dagster_home(config)
-    owned = instance is None
-    if owned:
-        before = os.environ.get("DAGSTER_HOME")
-        os.environ["DAGSTER_HOME"] = str(home)
-        try:
-            instance = dg.DagsterInstance.get()
-        finally:
-            if before is None:
-                os.environ.pop("DAGSTER_HOME", None)
-            else:
-                os.environ["DAGSTER_HOME"] = before
     loads0, renders0 = BASE_LOADS["count"], cache.renders_done()
-    try:
-        launch = _Launch(config, instance, include_all, progress)
-        run_ids = tuple(run_ids)
-        scans, ckpts = _select(scan_runs_rechecked(config, run_ids, sleep), run_ids, tuple(checkpoint_ids))
-        runs = [s.run_id for s in scans]
-        left = [lf for s in scans for lf in s.left]
-        launch.total = len(config.datasets) + len(runs) * (1 + bool(launch.run_keys)) + len(ckpts)
-        _datasets(launch)
-        new_runs = [r for r in runs if not instance.has_dynamic_partition(TRAINING_RUNS.name, r)]
-        new_ckpts = [c for c in ckpts if not instance.has_dynamic_partition(CHECKPOINTS.name, c)]
-        if new_runs:
-            instance.add_dynamic_partitions(TRAINING_RUNS.name, new_runs)
-        if new_ckpts:
-            instance.add_dynamic_partitions(CHECKPOINTS.name, new_ckpts)
-        shas = {c.partition_key: c.sha256 for s in scans for c in s.checkpoints}
-        for s in scans:
-            if launch._needs([launch.run_key], s.run_id, {launch.run_key: s.fingerprint}):
-                launch.execute([launch.run_key], s.run_id, f"run {s.run_id}")
-            else:
-                launch.skip([launch.run_key], s.run_id)
-                launch._tick(f"run {s.run_id} up to date")
-        touched: set[str] = set()
-        for pk in ckpts:
-            content = {k: shas.get(pk) for k in launch.ckpt_keys if k.path[-1] == "lora_checkpoint"}
-            need = launch._needs(launch.ckpt_keys, pk, content)
-            launch.skip([k for k in launch.ckpt_keys if k not in need], pk)
-            if need:
-                touched.add(pk.split("~", 1)[0])
-                launch.execute(need, pk, f"checkpoint {pk}")
-            else:
-                launch._tick(f"checkpoint {pk} up to date")
-        for r in runs if launch.run_keys else []:
-            need = launch.run_keys if r in touched else launch._needs(launch.run_keys, r, {})
-            launch.skip([k for k in launch.run_keys if k not in need], r)
-            if need:
-                launch.execute(need, r, f"run report {r}")
-            else:
-                launch._tick(f"run {r} reports up to date")
-    finally:
-        if owned:
-            instance.dispose()
-    return LaunchSummary(dagster_home=home, outcomes=launch.outcomes, checkpoints=ckpts, runs=runs,
+    launch = _Launch(config, instance, include_all, progress, guard)
+    scans, ckpts = _select(scan_runs_rechecked(config, run_ids, sleep), run_ids, checkpoint_ids)
+    runs = [s.run_id for s in scans]
+    left = [lf for s in scans for lf in s.left]
+    launch.total = len(config.datasets) + len(runs) * (1 + bool(launch.run_keys)) + len(ckpts)
+    _datasets(launch)
+    add_partitions(instance, TRAINING_RUNS.name, runs)
+    add_partitions(instance, CHECKPOINTS.name, ckpts)
+    shas = {c.partition_key: c.sha256 for s in scans for c in s.checkpoints}
+    for s in scans:
+        if launch._needs([launch.run_key], s.run_id, {launch.run_key: s.fingerprint}):
+            launch.execute([launch.run_key], s.run_id, f"run {s.run_id}")
+        else:
+            launch.skip([launch.run_key], s.run_id)
+            launch._tick(f"run {s.run_id} up to date")
+    touched: set[str] = set()
+    for pk in ckpts:
+        content = {k: shas.get(pk) for k in launch.ckpt_keys if k.path[-1] == "lora_checkpoint"}
+        need = launch._needs(launch.ckpt_keys, pk, content)
+        launch.skip([k for k in launch.ckpt_keys if k not in need], pk)
+        if need:
+            touched.add(pk.split("~", 1)[0])
+            launch.execute(need, pk, f"checkpoint {pk}")
+        else:
+            launch._tick(f"checkpoint {pk} up to date")
+    for r in runs if launch.run_keys else []:
+        need = launch.run_keys if r in touched else launch._needs(launch.run_keys, r, {})
+        launch.skip([k for k in launch.run_keys if k not in need], r)
+        if need:
+            launch.execute(need, r, f"run report {r}")
+        else:
+            launch._tick(f"run {r} reports up to date")
+    return LaunchSummary(dagster_home=Path(), outcomes=launch.outcomes, checkpoints=ckpts, runs=runs,
                          seconds=time.perf_counter() - t0, base_loads=BASE_LOADS["count"] - loads0,
                          renders=cache.renders_done() - renders0, left=left, pickup_seconds=pickup_seconds(config))

@@ -1,7 +1,8 @@
 """`lora-pipeline`: the command line (CONTRACT section 6).
 
-Exit codes: 0 done (findings are not failures), 1 the work failed, 2 bad usage or bad config, each
-failure as one line naming the file, key or argument, never a bare traceback.
+Exit codes: 0 done (findings are not failures), 1 the work failed, 2 bad usage or bad config, 130 /
+143 interrupted by SIGINT / SIGTERM, each failure as one line naming the file, key or argument, never
+a bare traceback.
 Nothing heavy is imported here: each command's module imports what it needs when it runs.
 """
 
@@ -20,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "review": ("review_cmd", "append a review decision for a run or checkpoint"),
     "check-dataset": ("check_dataset_cmd", "run the dataset checks on a folder (no config, no Dagster)"),
     "inspect": ("inspect_cmd", "show a LoRA file's format, metadata, ranks, norms and likely base"),
-    "toy-base": ("toy_base_cmd", "write a tiny random-weight SD-architecture model (diffusers folder)"),
+    "toy-base": ("toy_base_cmd", "write a tiny random-weight model of a family: sd1, sdxl, sd3, flux1, flux2 (diffusers folder)"),
     "toy-train": ("toy_train_cmd", "train a real LoRA with peft and write a run folder"),
     "ui": ("ui_cmd", "open the Dagster UI (127.0.0.1) on the instance the CLI uses"),
 }
@@ -85,10 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     except WorkFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C (130); the launcher raises a subclass for SIGTERM too (143)
+        code = int(getattr(e, "exit_code", 130))
+        print(f"error: interrupted ({'SIGTERM' if code == 143 else 'SIGINT'}); stopped at once", file=sys.stderr)
+        return code
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m lora_pipeline.cli`: run the module the commands import, so the
+    from lora_pipeline import cli  # UsageError / WorkFailed they raise are the classes main() catches
+
+    sys.exit(cli.main())

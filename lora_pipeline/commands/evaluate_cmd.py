@@ -1,7 +1,9 @@
 """`lora-pipeline evaluate [--run ID]... [--checkpoint ID]... [--all]`: discover datasets, runs and
 checkpoints and materialize what is missing or stale for them, through Dagster, in the instance the
 UI reads (assets/launch.py). Exit 0 when every partition materialized or was up to date; exit 1 with
-the summary and one line per failed partition otherwise; exit 2 for an unknown run or checkpoint."""
+the summary and one line per failed partition (its root cause) otherwise; exit 2 for an unknown run or
+checkpoint; 130 / 143 on Ctrl-C / SIGTERM, at once, even while waiting. Waits (another launch holds
+the instance, a pool slot is taken) and lost runs closed are said once each, on stderr, as they happen."""
 
 from __future__ import annotations
 
@@ -25,12 +27,17 @@ def run(args: argparse.Namespace) -> int:
     from lora_pipeline.config import load_config
 
     config = load_config(args.config)
+    from tqdm import tqdm
+
     from assets.launch import LaunchError, materialize
+
+    def say(line: str) -> None:  # above the progress bar, which then redraws
+        tqdm.write(line, file=sys.stderr)
 
     with launch_progress("evaluate") as progress:
         try:
             summary = materialize(config, run_ids=args.run, checkpoint_ids=args.checkpoint,
-                                  include_all=args.all, progress=progress)
+                                  include_all=args.all, progress=progress, say=say)
         except LaunchError as e:
             raise UsageError(str(e)) from None
     lines = summary.lines()

@@ -3,9 +3,11 @@
 Heartbeats: one JSON file per in-flight render, `<renders_dir>/.inflight/<arm>__<prompt>-<seed>.json`
 ({pid, host, started, updated, phase, step, output}), rewritten atomically at each phase change and
 at most every `HEARTBEAT_EVERY_S` during denoising, removed when the render ends (written or failed
-with a finding). `scan_heartbeats` reports OPERATIONAL.WORKER_LOST for a heartbeat older than
-`stale_after_s` whose output does not exist and whose process is not alive (checked on the same host;
-on another host staleness alone decides).
+with a finding). `scan_heartbeats` reports OPERATIONAL.WORKER_LOST for a heartbeat whose output does
+not exist and whose process is gone: on the same host at once (pid and its start time checked, so a
+reused pid does not count as alive); on another host when older than `stale_after_s` (staleness alone
+decides there). The launcher (assets/run_health.py) uses `lost_heartbeats` to tell a run whose
+worker died from one still rendering.
 
 Errors: `torch.OutOfMemoryError` (== torch.cuda.OutOfMemoryError) and host allocation failures
 (`MemoryError`, or a RuntimeError from the CPU allocator) -> OPERATIONAL.OOM with the phase; never
@@ -94,53 +96,92 @@ class Heartbeat:
         if not force and now - self._last < HEARTBEAT_EVERY_S:
             return
         self._last = now
-        atomic_write_json(self.path, {"pid": os.getpid(), "host": socket.gethostname(), "started": self.started,
+        atomic_write_json(self.path, {"pid": os.getpid(), "pid_start": process_start(os.getpid()),
+                                      "host": socket.gethostname(), "started": self.started,
                                       "updated": now, "phase": phase, "step": step, "output": str(self.output)})
 
     def done(self) -> None:
         self.path.unlink(missing_ok=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux /proc), to tell a reused pid apart;
+    None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # after the command name, which may hold spaces
+    return fields[19] if len(fields) > 19 else None
+
+
+def process_alive(pid: int, start: str | None = None) -> bool:
+    """True while process `pid` on this host runs (and, with `start`, is still the same process)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    if start:
+        now = process_start(pid)
+        return now is None or now == str(start)
     return True
 
 
-def scan_heartbeats(renders_dir: Path, subject: str, stale_after_s: float = STALE_AFTER_S,
-                    now: float | None = None, remove: bool = True) -> list[Finding]:
-    """OPERATIONAL.WORKER_LOST for each stale heartbeat with no output and no live process."""
+def lost_heartbeats(renders_dir: Path, stale_after_s: float = STALE_AFTER_S, now: float | None = None,
+                    since: float | None = None) -> list[dict[str, Any]]:
+    """The heartbeats in `renders_dir` whose render is lost, each as its JSON plus `file` (the
+    heartbeat's path) and `age_s`: no output written and, on this host, no live process (at once,
+    whatever the age); on another host (the pid cannot be checked there) older than `stale_after_s`.
+    With `since`, only heartbeats of renders started at or after it (one run's own)."""
     folder = Path(renders_dir) / HEARTBEAT_DIR
     if not folder.is_dir():
         return []
     now = time.time() if now is None else now
+    here = socket.gethostname()
     out = []
     for hb in sorted(folder.glob("*.json")):
         try:
             d = json.loads(hb.read_text())
             updated, pid, host = float(d["updated"]), int(d["pid"]), str(d.get("host", ""))
+        except FileNotFoundError:
+            continue  # the render just ended
         except (OSError, ValueError, KeyError, TypeError):
-            d, updated, pid, host = {}, hb.stat().st_mtime, -1, ""
-        age = now - updated
-        if age < stale_after_s:
+            try:
+                d, updated, pid, host = {}, hb.stat().st_mtime, -1, ""
+            except OSError:
+                continue
+        if since is not None and float(d.get("started", updated)) < since:
             continue
-        output = Path(d.get("output", "")) if d.get("output") else None
+        output = Path(d["output"]) if d.get("output") else None
         if output is not None and output.exists():
             continue
-        same_host = host == socket.gethostname()
-        if same_host and pid > 0 and _pid_alive(pid):
+        if host == here and pid > 0:
+            if process_alive(pid, d.get("pid_start")):
+                continue
+        elif now - updated < stale_after_s:
             continue
+        out.append({**d, "pid": pid, "host": host, "file": str(hb), "age_s": round(now - updated, 1)})
+    return out
+
+
+def scan_heartbeats(renders_dir: Path, subject: str, stale_after_s: float = STALE_AFTER_S,
+                    now: float | None = None, remove: bool = True) -> list[Finding]:
+    """OPERATIONAL.WORKER_LOST for each lost render (`lost_heartbeats`); their heartbeats removed."""
+    out = []
+    for d in lost_heartbeats(renders_dir, stale_after_s, now):
+        where = f"pid {d['pid']} on {d['host'] or 'an unknown host'}"
         out.append(Finding("OPERATIONAL.WORKER_LOST", subject,
-                           f"A render heartbeat went stale {age:.0f}s ago in phase {d.get('phase', '?')} "
-                           "with no output and no live process.",
-                           {"heartbeat": hb.name, "pid": pid, "host": host, "phase": d.get("phase"),
-                            "step": d.get("step"), "age_s": round(age, 1), "output": str(output or "")}))
+                           f"A render's worker ({where}) is gone: its heartbeat stopped {d['age_s']:.0f}s ago in "
+                           f"phase {d.get('phase', '?')}, with no output.",
+                           {"heartbeat": Path(d["file"]).name, "pid": d["pid"], "host": d["host"],
+                            "phase": d.get("phase"), "step": d.get("step"), "age_s": d["age_s"],
+                            "output": str(d.get("output") or "")}))
         if remove:
-            hb.unlink(missing_ok=True)
+            Path(d["file"]).unlink(missing_ok=True)
     return out
 
 
