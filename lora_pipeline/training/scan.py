@@ -5,7 +5,9 @@ A checkpoint file is complete when its safetensors header parses and the file en
 says (`header_complete`) AND one of: the trainer declares it (listed in its run file, or it is the
 trainer's final file / the run is finished), its size and mtime equal the previous observation
 (size stable across ticks; observations live in the run's file index), or it has not changed for
-`checks.checkpoint_settle_seconds`. A half-written file is never complete. A one-shot command
+`checks.checkpoint_settle_seconds`. A half-written file is never complete; a file whose header never
+becomes valid counts once it is both stable and settled (then it is a RUNTIME.LORA_INVALID finding,
+not a partition). A one-shot command
 (`scan_runs_rechecked`) replaces "across ticks" with one short re-check inside the command.
 """
 
@@ -111,7 +113,9 @@ def _look(folder: Path, config: Config, now: float) -> _Look:
         stable = index.observe(rel, st)
         settled = now - st.st_mtime >= config.checks.checkpoint_settle_seconds
         declared = cand.complete or cand.final or parsed.finished
-        if header_complete(cand.path) and (declared or stable or settled):
+        # A file unchanged for the settle time and across ticks is final even when its header is
+        # bad: it is read once and becomes RUNTIME.LORA_INVALID instead of waiting for ever.
+        if (header_complete(cand.path) and (declared or stable or settled)) or (settled and stable):
             ready.append(cand)
         else:
             pending.append((cand, pending_of(run_id, cand.path, rel, st)))

@@ -50,6 +50,9 @@ def test_a_hostile_checkpoint_costs_only_itself(training_runs, case):
     want = ["step-00000100", "step-00000200", "step-00000300"] if valid else good_ids
     assert [c.checkpoint_id for c in scans["chairs"].checkpoints] == want
     assert scans["chairs"].waiting == ([] if valid else [BAD])
+    if not valid:  # unchanged across a second tick and settled: final, no longer waiting for ever
+        again = {s.run_id: s for s in scan_runs(config, now=later)}
+        assert again["chairs"].waiting == [] and [c.checkpoint_id for c in again["chairs"].checkpoints] == good_ids
 
     record = ingest_run(runs / "chairs", config, now=later).record
     assert [c.checkpoint_id for c in record.checkpoints] == want
