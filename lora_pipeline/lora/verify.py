@@ -190,12 +190,13 @@ def _base_name(name: str) -> str:
 
 def locate(pipe: Any, parsed: ParsedFile) -> dict[str, tuple[str, tuple[str, ...]] | None]:
     """file module key -> (component, model module names), or None where the model has no such module.
-    kohya's `lora_unet_` and BFL's `diffusion_model.` name the denoiser, a transformer in FLUX/SD3."""
+    kohya's `lora_unet_` and BFL's `diffusion_model.` name the denoiser, a transformer in FLUX/SD3
+    (a diffusers-style `unet.` key does not: diffusers would not load it into a transformer either)."""
     index = model_index(pipe)
     out: dict[str, tuple[str, tuple[str, ...]] | None] = {}
     for m in parsed.modules:
         tries = [(m.component, m.path)]
-        if m.component in ("unet", "other") and getattr(pipe, "transformer", None) is not None:
+        if m.key.startswith(("lora_unet_", "diffusion_model.")) and getattr(pipe, "transformer", None) is not None:
             tries.append(("transformer", m.path.removeprefix("diffusion_model_")))
         found = next((k for k in tries if k in index), None)
         out[m.key] = (found[0], index[found]) if found else None
