@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.lora_files import builders as B
+from tests.lora_files import builders_peft as P
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,13 @@ CASES = [
     Case("lycoris_dora", "sd1", B.lycoris_dora),
     Case("lycoris_sdxl_loha", "sdxl", B.lycoris_sdxl_loha),
     Case("lycoris_sdxl_lokr", "sdxl", B.lycoris_sdxl_lokr),
-    Case("peft_sd1", "sd1", B.peft_sd1),
-    Case("peft_sd1_tf5_names", "sd1", B.peft_sd1_tf5),
-    Case("peft_sdxl", "sdxl", B.peft_sdxl),
-    Case("peft_rank_alpha_pattern", "sd1", B.peft_patterns_sd1),
-    Case("native", "sd1", B.native_sd1),
-    Case("header_len_0x80", "sd1", lambda src, out: B.aligned_kohya(src, out, b"\x80"), source="kohya_sd1"),
-    Case("header_len_PK", "sd1", lambda src, out: B.aligned_kohya(src, out, b"PK"), source="kohya_sd1"),
+    Case("peft_sd1", "sd1", P.peft_sd1),
+    Case("peft_sd1_tf5_names", "sd1", P.peft_sd1_tf5),
+    Case("peft_sdxl", "sdxl", P.peft_sdxl),
+    Case("peft_rank_alpha_pattern", "sd1", P.peft_patterns_sd1),
+    Case("native", "sd1", P.native_sd1),
+    Case("header_len_0x80", "sd1", lambda src, out: P.aligned_kohya(src, out, b"\x80"), source="kohya_sd1"),
+    Case("header_len_PK", "sd1", lambda src, out: P.aligned_kohya(src, out, b"PK"), source="kohya_sd1"),
 ]
 RENDERED = [c.name for c in CASES]
 LORA_FAMILY = ["kohya_sd1", "kohya_sd1_block_alpha_dynamic", "kohya_sd1_locon_conv", "kohya_sdxl_sgm",

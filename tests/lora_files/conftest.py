@@ -13,6 +13,7 @@ import pytest
 
 from tests.evaluation_helpers import evaluate, facts_for
 from tests.lora_files import builders as B
+from tests.lora_files import builders_peft as P
 from tests.lora_files.cases import CASES, PICKLES, TABLE
 
 
@@ -36,7 +37,7 @@ def lora_files(tmp_path_factory, bases) -> dict[str, B.Built]:
 @pytest.fixture(scope="session")
 def pickle_files(tmp_path_factory) -> dict[str, B.Built]:
     d = tmp_path_factory.mktemp("pickles")
-    return {name: B.pickle_renamed(d / f"{name}.safetensors", d / f"{name}.UNPICKLED", legacy)
+    return {name: P.pickle_renamed(d / f"{name}.safetensors", d / f"{name}.UNPICKLED", legacy)
             for name, legacy in PICKLES.items()}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.lora_files import builders as B
+from tests.lora_files import builders_peft as P
 from tests.lora_files import reference as R
 
 # Files diffusers 0.42.1 loads exactly (kohya per-module alphas are not: its alpha_pattern keys match
@@ -191,7 +192,7 @@ def test_planted_pickle_payload_is_live(tmp_path, pickle_files):
 
     for name, built in pickle_files.items():
         marker = tmp_path / f"{name}.marker"
-        copy = B.pickle_renamed(tmp_path / f"{name}-copy.safetensors", marker, legacy="legacy" in name)
+        copy = P.pickle_renamed(tmp_path / f"{name}-copy.safetensors", marker, legacy="legacy" in name)
         assert copy.path.read_bytes()[:2] == built.path.read_bytes()[:2]
         as_pt = copy.path.with_suffix(".pt")  # torch 2.13's torch.load hands *.safetensors to safetensors
         copy.path.rename(as_pt)
