@@ -69,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         for f in r["findings"]:
             print(_line(f))
         for c in r["checkpoints"]:
-            print(f"  {c['checkpoint_id']}: {c['verdict']}  ({c['report']})")
+            rejected = next((f for f in c["findings"] if f.get("code") == "REVIEW.REJECTED"), None)
+            said = f", REJECTED by {(rejected.get('evidence') or {}).get('by') or 'a reviewer'}" if rejected else ""
+            print(f"  {c['checkpoint_id']}: {c['verdict']}{said}  ({c['report']})")
             for f in c["findings"]:
                 print("  " + _line(f))
     return 0

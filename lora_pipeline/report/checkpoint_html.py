@@ -111,8 +111,12 @@ def render_checkpoint_html(doc: dict[str, Any], storage: Storage, page_dir: Path
         "<h2>Provenance</h2>", provenance_html(doc),
         "<h2>Reviews</h2>", reviews_table(m.get("reviews") or []),
     ]
+    from lora_pipeline.report.reviews import standing
+
+    review = standing(m.get("reviews") or [])
     return page(f"{doc['run_id']} / {doc['checkpoint_id']}", doc["verdict"],
-                f"{doc['run_id']} {doc['checkpoint_id']}", "".join(body))
+                f"{doc['run_id']} {doc['checkpoint_id']}" + (f" · {review.upper()}" if review else ""),
+                "".join(body))
 
 
 def _as_applied(lora: dict) -> str:

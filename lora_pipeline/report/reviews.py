@@ -150,6 +150,19 @@ def reviews_for(reviews: list[dict[str, Any]], run_id: str, checkpoint_id: str) 
     return [r for r in reviews if r.get("run_id") == run_id and r.get("checkpoint_id") in (None, checkpoint_id)]
 
 
+def standing(applicable: list[dict[str, Any]]) -> str | None:
+    """The latest applicable decision in words ("rejected by ana", "accepted by bo", ...), shown beside
+    every verdict: a reviewer's word does not change the verdict's rule, but nobody should read `ok`
+    without it."""
+    if not applicable:
+        return None
+    last = applicable[-1]
+    word = {"reject": "rejected", "accept": "accepted", "needs-work": "needs work"}.get(last.get("decision"),
+                                                                                       str(last.get("decision")))
+    scope = "" if last.get("checkpoint_id") else " (whole run)"
+    return f"{word} by {last.get('by') or 'a reviewer'}{scope}"
+
+
 def rejected_finding(applicable: list[dict[str, Any]], subject: str) -> Finding | None:
     if not applicable or applicable[-1]["decision"] != "reject":
         return None

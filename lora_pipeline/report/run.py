@@ -5,7 +5,8 @@
                snapshot, and lora_pipeline.quality.run_level when installed (render half of
                TRAINING.OVERTRAINING_SUSPECTED, COMPARISON.UNCONTROLLED spec drift)],
      run {folder, format, trigger, base_model, dataset, rank, alpha, learning_rate, steps, resolution},
-     checkpoints [{checkpoint_id, step, verdict, severity_counts, error_codes, report, evaluated}],
+     checkpoints [{checkpoint_id, step, verdict, severity_counts, error_codes, report, evaluated,
+                   review (the latest reviewer decision in words, or null)}],
      candidates [{checkpoint_id, step, reason}] best first, best (checkpoint id or null),
      signals {name: [[step, value], ...]}, run_level {what run_findings returned}, reviews, generated_at}
 
@@ -134,7 +135,8 @@ def build_run_report(config: Config, run_id: str) -> dict[str, Any]:
                      "verdict": doc["verdict"] if doc else None, "evaluated": ev is not None,
                      "severity_counts": (doc or {}).get("metrics", {}).get("severity_counts"),
                      "error_codes": sorted({f["code"] for f in (doc or {}).get("findings", []) if f["severity"] == "error"}),
-                     "report": f"{ck.checkpoint_id}/{REPORT_FILE}" if doc else None, "_doc": doc})
+                     "report": f"{ck.checkpoint_id}/{REPORT_FILE}" if doc else None,
+                     "review": rv.standing(rv.reviews_for(reviews, run_id, ck.checkpoint_id)), "_doc": doc})
     ds_found, ds_facts = dataset_findings(config, record)
     run_found, run_level = _run_level(ev_docs, record)
     findings = dedupe(list(record.findings) + ds_found + run_found)

@@ -38,8 +38,11 @@ def checkpoints_html(doc: dict[str, Any]) -> str:
         colour = VERDICT_COLOURS.get(c["verdict"] or "", "#777")
         link = f"<a href=\"{esc(c['checkpoint_id'])}/report.html\">report</a>" if c["report"] else "-"
         sc = c.get("severity_counts") or {}
+        review = c.get("review")
+        mark = (f"<br><small style=\"color:{'#b00020' if review.startswith('rejected') else '#555'}\">"
+                f"{esc(review)}</small>") if review else ""
         rows.append(f"<tr><td><code>{esc(c['checkpoint_id'])}</code></td><td>{esc(c['step'])}</td>"
-                    f"<td style=\"color:{colour};font-weight:600\">{esc(v)}</td>"
+                    f"<td style=\"color:{colour};font-weight:600\">{esc(v)}{mark}</td>"
                     f"<td>{sc.get('error', 0)} / {sc.get('warn', 0)} / {sc.get('info', 0)}</td>"
                     f"<td>{esc(', '.join(c['error_codes']) or '-')}</td><td>{link}</td></tr>")
     return ("<table id=\"checkpoints\"><tr><th>checkpoint</th><th>step</th><th>verdict</th><th>error/warn/info</th>"

@@ -165,6 +165,18 @@ def test_reviews_are_appended_and_survive_reevaluation(world, clean_reports, cap
     assert doc["verdict"] == "ok"  # info does not change the verdict
     assert [r["note"] for r in doc["metrics"]["reviews"]] == ["colours drift", "retrain later", "still drifts"]
     assert "still drifts" in (folder / "report.html").read_text()
+    # A rejected checkpoint reads as rejected wherever its verdict is shown, and is never proposed as best.
+    from lora_pipeline.report.run import write_run_report
+
+    assert "REJECTED BY" in (folder / "report.html").read_text()  # the verdict banner
+    run_doc, run_folder = write_run_report(world.config, "reviewed")
+    row = next(c for c in run_doc["checkpoints"] if c["checkpoint_id"] == LAST)
+    assert row["verdict"] == "ok" and row["review"].startswith("rejected by")
+    assert LAST not in [c["checkpoint_id"] for c in run_doc["candidates"]] and run_doc["best"] != LAST
+    assert "rejected by" in (run_folder / "report.html").read_text()
+    capsys.readouterr()
+    assert main(["diagnose", "--run", "reviewed", "--config", cfg]) == 0
+    assert f"{LAST}: ok, REJECTED by" in capsys.readouterr().out
     assert reviews.read_bytes().startswith(after)
     capsys.readouterr()
 
