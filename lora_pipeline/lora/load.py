@@ -199,7 +199,7 @@ def load_and_verify(pipe: Any, path: str | Path, adapter_name: str, scale: float
     out.timings["lora_load_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
     try:
-        _verify(pipe, out, sf, parsed, scale, subject, all_zero, dtype_name, logged)
+        _verify(pipe, out, sf, parsed, located, scale, subject, all_zero, dtype_name, logged)
     except Exception:
         unload(pipe)
         raise
@@ -256,8 +256,8 @@ def _partial_message(bv: verify.ByValue, n_modules: int) -> str:
             "not the LoRA as trained.")
 
 
-def _verify(pipe: Any, out: LoadOutcome, sf: Any, parsed: formats.ParsedFile, scale: float, subject: str,
-            all_zero: bool, dtype_name: str, logged: list[str]) -> None:
+def _verify(pipe: Any, out: LoadOutcome, sf: Any, parsed: formats.ParsedFile, located: dict, scale: float,
+            subject: str, all_zero: bool, dtype_name: str, logged: list[str]) -> None:
     name = out.adapter_name
     ev = out.evidence
     in_place = adapters_in_place(pipe)
@@ -276,7 +276,7 @@ def _verify(pipe: Any, out: LoadOutcome, sf: Any, parsed: formats.ParsedFile, sc
         out.findings.append(Finding("RUNTIME.LORA_NOT_APPLIED", subject,
                                     f"Another adapter is active ({active}), not only {name}.", dict(ev)))
         return
-    bv = verify.verify(pipe, sf, parsed, name, scale, dtype_name)
+    bv = verify.verify(pipe, sf, parsed, name, scale, dtype_name, located)
     corrections = []
     if bv.with_status("scale"):
         fixed = verify.correct_scales(pipe, bv.checks, parsed, name, scale)
@@ -285,7 +285,7 @@ def _verify(pipe: Any, out: LoadOutcome, sf: Any, parsed: formats.ParsedFile, sc
                                 "why": "the factors landed right but the layer's scale differed from the file's "
                                        "alpha/rank (e.g. diffusers' alpha_pattern keys that match no module); "
                                        "the layer's alpha was set to the file's and verified again"})
-            bv = verify.verify(pipe, sf, parsed, name, scale, dtype_name)
+            bv = verify.verify(pipe, sf, parsed, name, scale, dtype_name, located)
     landed, not_landed = _tensor_counts(parsed, bv)
     for c in bv.checks:
         if c.target and c.status != "missing":

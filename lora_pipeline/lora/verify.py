@@ -323,12 +323,13 @@ def check_module(fm: FileModule, sf: SafetensorsFile, layer: Any, adapter: str, 
 
 
 def verify(pipe: Any, sf: SafetensorsFile, parsed: ParsedFile, adapter: str, strength: float,
-           dtype_name: str) -> ByValue:
+           dtype_name: str, located: dict[str, tuple[str, tuple[str, ...]] | None] | None = None) -> ByValue:
+    """`located`: `locate(pipe, parsed)` when the caller has it (module names do not change with the load)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     tol = TOLERANCE.get(dtype_name, 1e-2)
     out = ByValue(tolerance=tol)
-    where = locate(pipe, parsed)
+    where = located if located is not None else locate(pipe, parsed)
     seen: set[str] = set()
     for fm in parsed.modules:
         target = where.get(fm.key)

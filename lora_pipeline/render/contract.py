@@ -21,6 +21,7 @@ from lora_pipeline.fsutil import model_hash
 from lora_pipeline.lora.architecture import describe_file_shape, family_name
 from lora_pipeline.lora.inspect import LoraFileReport, analyse
 from lora_pipeline.lora.safetensors_file import LoraFileError, read_safetensors
+from lora_pipeline.render.families import pipeline_family
 from lora_pipeline.render.spec import BaseChoice, DeclaredBase, EvalSpec, RunFacts
 
 _HASH_CACHE: dict[tuple, str] = {}
@@ -52,21 +53,14 @@ def base_architecture(path: Path) -> str:
         cls = json.loads((p / "model_index.json").read_text()).get("_class_name", "")
     except (OSError, ValueError):
         return "unknown"
-    if cls.startswith("Flux2"):  # Flux2Pipeline, Flux2KleinPipeline
-        return "flux2"
-    if cls.startswith("Flux"):
-        return "flux1"
-    if cls.startswith("StableDiffusion3"):
-        return "sd3"
-    if "XL" in cls:
-        return "sdxl"
-    if cls.startswith("StableDiffusion"):
+    fam = pipeline_family(cls)
+    if fam == "sd":
         try:
             width = json.loads((p / "unet" / "config.json").read_text()).get("cross_attention_dim")
         except (OSError, ValueError):
             width = None
         return "sd2" if width == 1024 else "sd1"
-    return "unknown"
+    return fam or "unknown"
 
 
 def resolve_base(declared: DeclaredBase, base_models: dict[str, Path]) -> BaseChoice | None:

@@ -33,17 +33,23 @@ class TextEncoder:
     frame: Callable[[str], str]  # the text the pipeline really tokenizes for a prompt
 
 
-def family_of(pipe: Any) -> str:
-    name = type(pipe).__name__
-    if name.startswith("Flux2"):
+def pipeline_family(class_name: str) -> str | None:
+    """flux2 | flux1 | sd3 | sdxl | sd (SD1.x or 2.x: the UNet's width tells) | None, from a diffusers
+    pipeline class name (`type(pipe).__name__` or model_index.json's `_class_name`)."""
+    if class_name.startswith("Flux2"):  # Flux2Pipeline, Flux2KleinPipeline
         return "flux2"
-    if name.startswith("Flux"):
+    if class_name.startswith("Flux"):
         return "flux1"
-    if name.startswith("StableDiffusion3"):
+    if class_name.startswith("StableDiffusion3"):
         return "sd3"
-    if "XL" in name:
+    if "XL" in class_name:
         return "sdxl"
-    return "sd1" if name.startswith("StableDiffusion") else "other"
+    return "sd" if class_name.startswith("StableDiffusion") else None
+
+
+def family_of(pipe: Any) -> str:
+    fam = pipeline_family(type(pipe).__name__)
+    return {"sd": "sd1", None: "other"}.get(fam, fam)
 
 
 def call_parameters(pipe: Any) -> dict[str, inspect.Parameter]:

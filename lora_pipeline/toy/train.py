@@ -95,6 +95,47 @@ def _load_examples(spec: TrainSpec):
     return listing, examples
 
 
+def run_steps(spec: TrainSpec, n_examples: int, run_meta: dict, optimizer, step_loss: Callable,
+              save: Callable, progress: Callable[[int, float], None] | None) -> TrainResult:
+    """The step loop both toy trainers share: draw an example (one seeded CPU generator, so runs are
+    reproducible), `step_loss(i, gen)` -> loss, an AdamW step, the loss log (native format), and every
+    `save_every` steps `save(step, epoch, final)` -> checkpoint entries, kept in the run file."""
+    import torch
+
+    gen = torch.Generator().manual_seed(spec.seed)
+    result = TrainResult(out=spec.out)
+    native = spec.format == "native"
+    loss_log = (spec.out / "loss.jsonl").open("a") if native else None
+    try:
+        for step in range(1, spec.steps + 1):
+            i = int(torch.randint(n_examples, (1,), generator=gen))
+            loss = step_loss(i, gen)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            value = float(loss.detach())
+            result.losses.append(value)
+            if loss_log:
+                loss_log.write(json.dumps({"step": step, "loss": value if math.isfinite(value) else str(value),
+                                           "lr": spec.lr, "time": round(time.time(), 3)}) + "\n")
+                loss_log.flush()
+            if progress:
+                progress(step, value)
+            if step % spec.save_every == 0 or step == spec.steps:
+                result.checkpoints.extend(save(step, step // max(1, n_examples), step == spec.steps))
+                if native:
+                    run_meta["checkpoints"] = list(result.checkpoints)
+                    run_meta["steps_done"] = step
+                    atomic_write_json(spec.out / NATIVE_RUN_FILE, run_meta)
+    finally:
+        if loss_log:
+            loss_log.close()
+    if native:
+        run_meta["finished_at"] = datetime.now(UTC).isoformat()
+        atomic_write_json(spec.out / NATIVE_RUN_FILE, run_meta)
+    return result
+
+
 def train(spec: TrainSpec, progress: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train and write the run folder; `progress(step, loss)` is called after every step."""
     spec.validate()
@@ -136,46 +177,20 @@ def train(spec: TrainSpec, progress: Callable[[int, float], None] | None = None)
     run_meta = _run_record(spec, name, base_hash, started, listing, len(examples))
     if spec.format == "native":
         atomic_write_json(spec.out / NATIVE_RUN_FILE, run_meta)
-    gen = torch.Generator().manual_seed(spec.seed)
-    result = TrainResult(out=spec.out)
-    loss_log = (spec.out / "loss.jsonl").open("a") if spec.format == "native" else None
-    try:
-        for step in range(1, spec.steps + 1):
-            i = int(torch.randint(len(examples), (1,), generator=gen))
-            latents = latents_all[i : i + 1]
-            noise = torch.randn(latents.shape, generator=gen).to(device)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (1,), generator=gen).to(device)
-            noisy = noise_scheduler.add_noise(latents, noise, t)
-            pred = unet(noisy, t, encoder_hidden_states=text_all[i : i + 1]).sample
-            loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            value = float(loss.detach())
-            result.losses.append(value)
-            if loss_log:
-                loss_log.write(json.dumps({"step": step, "loss": value if math.isfinite(value) else str(value),
-                                           "lr": spec.lr, "time": round(time.time(), 3)}) + "\n")
-                loss_log.flush()
-            if progress:
-                progress(step, value)
-            if step % spec.save_every == 0 or step == spec.steps:
-                lora_sd = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-                epoch = step // max(1, len(examples))
-                ckpt = _save_checkpoint(spec, name, step, epoch, lora_sd, lora_config, run_meta,
-                                        final=step == spec.steps)
-                result.checkpoints.extend(ckpt)
-                if spec.format == "native":
-                    run_meta["checkpoints"] = [c for c in result.checkpoints]
-                    run_meta["steps_done"] = step
-                    atomic_write_json(spec.out / NATIVE_RUN_FILE, run_meta)
-    finally:
-        if loss_log:
-            loss_log.close()
-    if spec.format == "native":
-        run_meta["finished_at"] = datetime.now(UTC).isoformat()
-        atomic_write_json(spec.out / NATIVE_RUN_FILE, run_meta)
-    return result
+
+    def step_loss(i: int, gen):
+        latents = latents_all[i : i + 1]
+        noise = torch.randn(latents.shape, generator=gen).to(device)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (1,), generator=gen).to(device)
+        noisy = noise_scheduler.add_noise(latents, noise, t)
+        pred = unet(noisy, t, encoder_hidden_states=text_all[i : i + 1]).sample
+        return torch.nn.functional.mse_loss(pred.float(), noise.float())
+
+    def save(step: int, epoch: int, final: bool) -> list[dict]:
+        lora_sd = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+        return _save_checkpoint(spec, name, step, epoch, lora_sd, lora_config, run_meta, final=final)
+
+    return run_steps(spec, len(examples), run_meta, optimizer, step_loss, save, progress)
 
 
 def _run_record(spec: TrainSpec, name: str, base_hash: str, started: float, listing, n_examples: int) -> dict:

@@ -12,12 +12,9 @@ transformer, and the Euler step moves along the velocity noise - x0, which is th
 
 from __future__ import annotations
 
-import json
-import math
 import shutil
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from lora_pipeline.fsutil import atomic_write_json, model_hash
 from lora_pipeline.toy.train import (
@@ -28,6 +25,7 @@ from lora_pipeline.toy.train import (
     TrainSpec,
     _load_examples,
     _run_record,
+    run_steps,
 )
 
 GUIDANCE = 3.5  # what FLUX.1-dev trainers feed a guidance-distilled transformer
@@ -82,41 +80,22 @@ def train_flux1(spec: TrainSpec, progress: Callable[[int, float], None] | None =
     run_meta["base_model"]["architecture"] = "flux1"
     run_meta["trainer"] = "lora-pipeline toy-train (flux1)"
     atomic_write_json(spec.out / NATIVE_RUN_FILE, run_meta)
-    gen = torch.Generator().manual_seed(spec.seed)
-    result = TrainResult(out=spec.out)
     transformer.train()
-    with (spec.out / "loss.jsonl").open("a") as loss_log:
-        for step in range(1, spec.steps + 1):
-            i = int(torch.randint(len(examples), (1,), generator=gen))
-            x0 = packed_all[i : i + 1]
-            noise = torch.randn(x0.shape, generator=gen).to(device)
-            t = torch.rand((1,), generator=gen).to(device)
-            x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
-            pred = transformer(hidden_states=x_t, timestep=t, guidance=guidance,
-                               pooled_projections=pooled_all[i : i + 1],
-                               encoder_hidden_states=prompt_embeds[i : i + 1], txt_ids=text_ids,
-                               img_ids=img_ids, return_dict=False)[0]
-            loss = torch.nn.functional.mse_loss(pred.float(), (noise - x0).float())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            value = float(loss.detach())
-            result.losses.append(value)
-            loss_log.write(json.dumps({"step": step, "loss": value if math.isfinite(value) else str(value),
-                                       "lr": spec.lr, "time": round(time.time(), 3)}) + "\n")
-            loss_log.flush()
-            if progress:
-                progress(step, value)
-            if step % spec.save_every == 0 or step == spec.steps:
-                ckpt = _save(spec, name, step, step // max(1, len(examples)),
-                             get_peft_model_state_dict(transformer), lora_config)
-                result.checkpoints.append(ckpt)
-                run_meta["checkpoints"] = list(result.checkpoints)
-                run_meta["steps_done"] = step
-                atomic_write_json(spec.out / NATIVE_RUN_FILE, run_meta)
-    run_meta["finished_at"] = datetime.now(UTC).isoformat()
-    atomic_write_json(spec.out / NATIVE_RUN_FILE, run_meta)
-    return result
+
+    def step_loss(i: int, gen):
+        x0 = packed_all[i : i + 1]
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        t = torch.rand((1,), generator=gen).to(device)
+        x_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * noise
+        pred = transformer(hidden_states=x_t, timestep=t, guidance=guidance, pooled_projections=pooled_all[i : i + 1],
+                           encoder_hidden_states=prompt_embeds[i : i + 1], txt_ids=text_ids, img_ids=img_ids,
+                           return_dict=False)[0]
+        return torch.nn.functional.mse_loss(pred.float(), (noise - x0).float())
+
+    def save(step: int, epoch: int, _final: bool) -> list[dict]:
+        return [_save(spec, name, step, epoch, get_peft_model_state_dict(transformer), lora_config)]
+
+    return run_steps(spec, len(examples), run_meta, optimizer, step_loss, save, progress)
 
 
 def _save(spec: TrainSpec, name: str, step: int, epoch: int, lora_sd: dict, lora_config) -> dict:
