@@ -10,9 +10,11 @@ import ctypes
 import glob
 import json
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -118,16 +120,13 @@ _BLAS: list = []
 def _blas_threads_api():
     """numpy's bundled OpenBLAS get/set-num-threads, or None (other BLAS builds: left alone)."""
     if not _BLAS:
-        api = None
         try:
             libs = glob.glob(os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*"))
             lib = ctypes.CDLL(libs[0]) if libs else None
-            get = getattr(lib, "scipy_openblas_get_num_threads64_", None)
-            put = getattr(lib, "scipy_openblas_set_num_threads64_", None)
-            api = (get, put) if get and put else None
+            get, put = (getattr(lib, f"scipy_openblas_{op}_num_threads64_", None) for op in ("get", "set"))
+            _BLAS.append((get, put) if get and put else None)
         except OSError:
-            api = None
-        _BLAS.append(api)
+            _BLAS.append(None)
     return _BLAS[0]
 
 
@@ -147,20 +146,38 @@ def single_thread_blas() -> Iterator[None]:
         api[1](before)
 
 
-def analyse(sf: SafetensorsFile) -> LoraFileReport:
-    with single_thread_blas():
-        return _analyse(sf)
+Run = Callable[[list[Callable[[], None]]], None]  # runs a list of jobs, returns when all are done
 
 
-def _analyse(sf: SafetensorsFile) -> LoraFileReport:
+def _in_turn(jobs: list[Callable[[], None]]) -> None:
+    for job in jobs:
+        job()
+
+
+def analyse(sf: SafetensorsFile, run: Run = _in_turn) -> LoraFileReport:
+    """The file's report. `run` executes the per-module jobs (numpy releases the GIL in them), by
+    default one after the other; training/checkpoints.py shares them with its hashing thread."""
+    try:
+        with single_thread_blas():
+            return _analyse(sf, run)
+    finally:
+        _scratch.buf = None  # this thread's decode buffer (2 bytes per element of the largest factor)
+
+
+def _analyse(sf: SafetensorsFile, run: Run) -> LoraFileReport:
     keys = sf.keys()
     parsed = formats.parse(sf)
     report = LoraFileReport(path=str(sf.path), sha256=sf.sha256, size=sf.size, key_format=parsed.key_format,
                             tensors=len(keys), metadata=_readable_metadata(sf.metadata),
                             unmatched_keys=parsed.unmatched, declared=_declared(sf.metadata))
+    done: list[Any] = [None] * len(parsed.modules)
+
+    def job(i: int) -> None:
+        done[i] = _module_info(sf, parsed.modules[i])
+
+    run([partial(job, i) for i in range(len(parsed.modules))])
     checked: dict[str, bool] = {}
-    for fm in parsed.modules:
-        info, seen = _module_info(sf, fm)
+    for fm, (info, seen) in zip(parsed.modules, done, strict=True):
         report.malformed += [note for note in fm.malformed if note not in report.malformed]
         report.modules.append(info)
         checked.update(seen)
@@ -250,9 +267,11 @@ def _lora_norms(sf: SafetensorsFile, fm: formats.FileModule, info: ModuleInfo) -
 
     One pass over each tensor: the r x r Gram matrices give ||A||, ||B|| (their traces) and
     ||B A|| = sqrt(sum((B^T B) * (A A^T))); a finite trace proves every element finite, so the
-    elementwise NaN/Inf scan only runs when it is not.
+    elementwise NaN/Inf scan only runs when it is not. Half-precision pairs take `_half_norms`.
     """
     down_k, up_k = fm.parts["down"], fm.parts["up"]
+    if _half_norms(sf, down_k, up_k, fm.scale, info):
+        return {down_k: False, up_k: False}
     a2, b2 = _as_matrix(sf, down_k), _as_matrix(sf, up_k)
     info.in_features, info.out_features = int(a2.shape[1]), int(b2.shape[0])
     with np.errstate(all="ignore"):
@@ -270,6 +289,64 @@ def _lora_norms(sf: SafetensorsFile, fm: formats.FileModule, info: ModuleInfo) -
             sq = float(np.sum(gb * ga))
         info.delta_norm = float(fm.scale * np.sqrt(max(sq, 0.0))) if np.isfinite(sq) else float("nan")
     return checked
+
+
+# fp16/bf16 factors skip numpy's half -> float cast (a scalar loop as slow as the products): fp16 bits
+# are decoded by integer shifts in one reused int32 buffer (bf16 arrives decoded); the Gram products
+# run in float32, each term exact (11 + 11 or 8 + 8 significant bits fit in 24), only the sums round;
+# the rank is zero-padded to a multiple of 4 (OpenBLAS' syrk takes up to 1.4x longer otherwise).
+_HALF_SIGN = np.int32(-0x70000001)  # 0x8FFFFFFF: after `<< 13`, bits 28-30 hold copies of the sign
+_HALF_SCALE = np.float32(2.0**112)  # 2^(127 - 15), fp16's exponent bias to float32's (subnormals too)
+_HALF_LIMIT = 2.0**31  # a trace below this proves no |value| >= 2^16: no fp16 Inf/NaN was decoded
+_scratch = threading.local()
+
+
+def f16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
+    """In place: int32 holding sign-extended fp16 bits -> their float32 values (a view). Exact for
+    every finite fp16; Inf/NaN come out as finite values >= 2^16 (callers rule them out)."""
+    np.left_shift(bits, 13, out=bits)
+    np.bitwise_and(bits, _HALF_SIGN, out=bits)
+    f = bits.view(np.float32)
+    np.multiply(f, _HALF_SCALE, out=f)
+    return f
+
+
+def _half_gram(t: np.ndarray, rank: int, down: bool) -> tuple[np.ndarray, float] | None:
+    """(Gram matrix, its trace), float32, of a fp16 or decoded bf16 factor: A A^T for down (rank x n),
+    B^T B for up (n x rank); None when the trace cannot rule out NaN/Inf or overflow."""
+    t = t.reshape(t.shape[0], -1)
+    pad = -(-rank // 4) * 4
+    n = t.shape[1] if down else t.shape[0]
+    if getattr(_scratch, "buf", None) is None or _scratch.buf.size < pad * n:
+        _scratch.buf = np.empty(max(pad * n, 1 << 16), np.int32)
+    m = _scratch.buf[: pad * n].reshape((pad, n) if down else (n, pad))
+    (m[rank:] if down else m[:, rank:])[...] = 0
+    if t.dtype == np.float16:
+        np.copyto(m[:rank] if down else m[:, :rank], t.view(np.int16))  # sign-extending widen
+        f16_bits_to_f32(m[:rank] if down else m)
+    else:
+        np.copyto((m[:rank] if down else m[:, :rank]).view(np.float32), t)
+    f = m.view(np.float32)
+    with np.errstate(all="ignore"):
+        g = f @ f.T if down else f.T @ f
+    sq = float(np.trace(g))
+    return (g, sq) if sq < (_HALF_LIMIT if t.dtype == np.float16 else np.inf) else None
+
+
+def _half_norms(sf: SafetensorsFile, down_k: str, up_k: str, scale: float, info: ModuleInfo) -> bool:
+    """The norms of a fp16/bf16 A/B pair without NaN/Inf (True); else False and nothing set."""
+    (dt_a, (rank, *rest)), (dt_b, (out, *inner)) = ((sf.header[k]["dtype"], sf.header[k]["shape"] or [0])
+                                                    for k in (down_k, up_k))
+    n_in, r_up = int(np.prod(rest)), int(np.prod(inner))
+    if not {dt_a, dt_b} <= {"F16", "BF16"} or not rest or not inner or 0 in (rank, n_in, out) or r_up != rank:
+        return False
+    ga = _half_gram(sf.tensor(down_k), rank, down=True)
+    if ga is None or (gb := _half_gram(sf.tensor(up_k), rank, down=False)) is None:
+        return False
+    info.in_features, info.out_features, info.up_norm = n_in, int(out), float(np.sqrt(gb[1]))
+    sq = float(np.vdot(gb[0].astype(np.float64), ga[0].astype(np.float64)))
+    info.delta_norm = float(scale * np.sqrt(max(sq, 0.0)))
+    return True
 
 
 def _readable_metadata(md: dict[str, str]) -> dict[str, Any]:

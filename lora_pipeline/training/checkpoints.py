@@ -1,10 +1,11 @@
 """Checkpoint files: read each once (hash and parse in one pass), analyse, cache by (size, mtime).
 
-`analyse_checkpoint` reads the file's bytes once; the sha256 runs in a second thread over the same
-buffer while numpy walks the tensors (both release the GIL), so analysis costs little more than the
-hash alone (bench/ingest_bench.py). The result is cached in `storage/runs/<run_id>/files.json`,
-keyed by relative path with size and mtime, so repeated ingestion and sensor ticks do not re-read
-unchanged files (`checks.full_verify` forces a re-read).
+`analyse_checkpoint` maps the file's bytes once; the sha256 runs in a second thread over the same
+buffer while numpy walks the tensors (both release the GIL), and that thread takes its share of the
+per-module work once the hash is done (docs/benchmarks.md, "Training ingestion"). The result is
+cached in `storage/runs/<run_id>/files.json`, keyed by relative path with size and mtime, so
+repeated ingestion and sensor ticks do not re-read unchanged files (`checks.full_verify` forces a
+re-read).
 
 `header_complete` is the cheap "still being written?" test: the header parses and the file is
 exactly as long as the header's last tensor says.
@@ -17,6 +18,8 @@ import json
 import mmap
 import os
 import threading
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +32,50 @@ from lora_pipeline.lora.safetensors_file import (
     refuse_pickle,
 )
 
-INDEX_VERSION = 3  # 2: architecture families sd3/flux1/flux2 and the file shape in the analysis;
-# 3: the stricter safetensors validation and `malformed` (analyses cached before are re-checked)
+INDEX_VERSION = 4  # 2: architecture families sd3/flux1/flux2 and the file shape in the analysis;
+# 3: the stricter safetensors validation and `malformed` (analyses cached before are re-checked);
+# 4: fp16/bf16 norms from float32 Gram products (last digits differ; same-weights aliases compare them)
 
 
-def _hash(data: bytes, out: list) -> None:
+class _Shared:
+    """The analysis' per-module jobs, drained by the analysing thread and by the hashing thread once
+    its hash is done (numpy releases the GIL in the decode and the products); `__call__` is
+    `analyse`'s `run`: it returns when every job is done and re-raises the first job's error."""
+
+    def __init__(self) -> None:
+        self.jobs: deque[Callable[[], None]] = deque()
+        self.left = 0
+        self.done = threading.Condition()
+        self.error: Exception | None = None
+
+    def help(self) -> None:
+        while True:
+            try:
+                job = self.jobs.popleft()
+            except IndexError:
+                return
+            try:
+                job()
+            except Exception as e:  # re-raised in the analysing thread
+                self.error = self.error or e
+            with self.done:
+                self.left -= 1
+                self.done.notify_all()
+
+    def __call__(self, jobs: list[Callable[[], None]]) -> None:
+        with self.done:
+            self.left += len(jobs)
+        self.jobs.extend(jobs)
+        self.help()
+        with self.done:
+            self.done.wait_for(lambda: self.left == 0)
+        if self.error is not None:
+            raise self.error
+
+
+def _hash(data: bytes, out: list, shared: _Shared) -> None:
     out.append(hashlib.sha256(data).hexdigest())
+    shared.help()
 
 
 def analyse_checkpoint(path: Path) -> dict[str, Any]:
@@ -48,11 +89,12 @@ def analyse_checkpoint(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise LoraFileError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
     digest: list[str] = []
-    worker = threading.Thread(target=_hash, args=(data, digest))
+    shared = _Shared()
+    worker = threading.Thread(target=_hash, args=(data, digest, shared))
     worker.start()
     try:
         sf = parse_safetensors(path, data, sha256="pending")
-        report = analyse(sf)
+        report = analyse(sf, shared)
     finally:
         worker.join()
     report.sha256 = digest[0]
