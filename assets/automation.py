@@ -18,15 +18,17 @@ one function: datasets, runs and checkpoints.
 from __future__ import annotations
 
 import hashlib
+import os
 
 import dagster as dg
 
 from assets.launch import partitioned_by, stale_resolver
-from assets.partitions import CHECKPOINTS, TRAINING_RUNS
+from assets.partitions import CHECKPOINTS_NAME, TRAINING_RUNS
 from lora_pipeline.config import Config
 
 SCHEDULE_NAME = "reevaluate_stale"
-CRON = "*/30 * * * *"
+# Every 30 minutes; LORA_PIPELINE_REEVALUATE_CRON overrides it (the daemon tests tick every minute).
+CRON = os.environ.get("LORA_PIPELINE_REEVALUATE_CRON", "*/30 * * * *")
 KINDS = ("dataset", "run", "checkpoint")
 
 
@@ -73,9 +75,13 @@ def stale_run_requests(config: Config, instance: dg.DagsterInstance, graph) -> l
             requests.append(dg.RunRequest(run_key=f"{SCHEDULE_NAME}:dataset:{name}:{now}", partition_key=name,
                                           asset_selection=[snapshot_key], tags={"lora_pipeline/why": "dataset stale"}))
     resolver = stale_resolver(instance, graph)
-    for pd_name, kind in ((TRAINING_RUNS.name, "run"), (CHECKPOINTS.name, "checkpoint")):
+    for pd_name, kind in ((TRAINING_RUNS.name, "run"), (CHECKPOINTS_NAME, "checkpoint")):
         keys = partitioned_by(graph, pd_name)
-        for partition in instance.get_dynamic_partitions(pd_name):
+        if not keys:
+            continue
+        # Only partitions materialized before can be stale; the checkpoint space (runs x checkpoint
+        # ids) also holds combinations no run has, which are never requested.
+        for partition in sorted(instance.get_materialized_partitions(keys[0])):
             need = _stale_in_partition(resolver, graph, keys, partition, instance)
             if need:
                 requests.append(dg.RunRequest(run_key=_key(partition, need, instance), partition_key=partition,

@@ -8,7 +8,7 @@ In order, each stage in its own in-process Dagster run(s) against `<workspace>/.
 2. runs and checkpoints discovered (complete files only: young files get one short re-check, as
    there is no next tick; those still changing are left out and listed), dynamic partitions added;
 3. `training_run[<run>]` per selected run;
-4. per checkpoint partition, every asset partitioned by CHECKPOINTS (lora_checkpoint, eval_renders, and
+4. per checkpoint partition, every asset partitioned by checkpoints (lora_checkpoint, eval_renders, and
    whatever else joins that partitions definition, e.g. checkpoint reports), in graph order;
 5. per run, every other asset partitioned by TRAINING_RUNS (e.g. run reports).
 One run per partition, so a failed partition stops nothing else; all in this process, so a base
@@ -31,7 +31,6 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
@@ -45,11 +44,11 @@ from assets.launch_guard import (
     launcher_tags,
     open_instance,
 )
-from assets.partitions import CHECKPOINTS, TRAINING_RUNS
+from assets.launch_result import LaunchSummary, Outcome
+from assets.partitions import CHECKPOINT_IDS, CHECKPOINTS_NAME, TRAINING_RUNS, dimension_keys, partitions_kind
 from assets.root_cause import error_line, step_failure_line
 from assets.run_health import RunHealth
 from lora_pipeline.config import Config
-from lora_pipeline.training.settle import TRUNCATED, Left
 
 Progress = Callable[[int, int, str], None]  # (done, total, label of what just finished)
 Say = Callable[[str], None]  # one line for the user, printed at once (waits, lost runs closed)
@@ -60,70 +59,11 @@ class LaunchError(Exception):
     """The launch cannot start (unknown run or checkpoint); one line."""
 
 
-@dataclass
-class Outcome:
-    asset: str
-    partition: str | None
-    status: str  # materialized | up_to_date | failed
-    reason: str = ""
-    dagster_run_id: str | None = None
-
-
-@dataclass
-class LaunchSummary:
-    dagster_home: Path
-    outcomes: list[Outcome] = field(default_factory=list)
-    checkpoints: list[str] = field(default_factory=list)  # checkpoint partition keys considered
-    runs: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    base_loads: int = 0  # base pipelines loaded in this process during the launch
-    renders: int = 0  # images actually rendered (not reused from the render cache)
-    left: list[Left] = field(default_factory=list)  # checkpoint files not evaluated: still being written
-    pickup_seconds: int = 0  # the sensor counts a file that stopped changing within this long
-    reaped: list[str] = field(default_factory=list)  # lost runs closed by this launch (already said)
-
-    def _of(self, status: str) -> list[Outcome]:
-        return [o for o in self.outcomes if o.status == status]
-
-    @property
-    def failed(self) -> list[Outcome]:
-        return self._of("failed")
-
-    @property
-    def materialized(self) -> list[Outcome]:
-        return self._of("materialized")
-
-    @property
-    def up_to_date(self) -> list[Outcome]:
-        return self._of("up_to_date")
-
-    def lines(self) -> list[str]:
-        writing = sum(lf.why != TRUNCATED for lf in self.left)
-        left = f", {writing} left as possibly still being written" if writing else ""
-        left += f", {len(self.left) - writing} truncated" if len(self.left) > writing else ""
-        out = [f"{len(self.runs)} run(s), {len(self.checkpoints)} checkpoint(s){left}: {len(self.materialized)} "
-               f"materialized, {len(self.up_to_date)} up to date, {len(self.failed)} failed; {self.renders} "
-               f"render(s), {self.base_loads} base load(s), {self.seconds:.1f}s (instance {self.dagster_home})"]
-        out += [f"FAILED {o.asset}[{o.partition}]: {o.reason}" for o in self.failed]
-        out += [f"LEFT {lf.line()}; {self._when(lf)}" for lf in self.left]
-        return out
-
-    def _when(self, lf: Left) -> str:
-        if lf.why == TRUNCATED:
-            return "it will not count as it is (the run's findings report it as RUNTIME.LORA_INVALID)"
-        return (f"re-run `lora-pipeline evaluate` once it stops changing; the sensor picks it up within "
-                f"{self.pickup_seconds} s of its last change")
-
-
-def _partitions_name(graph, key: dg.AssetKey) -> str | None:
-    pd = graph.get(key).partitions_def
-    return pd.name if isinstance(pd, dg.DynamicPartitionsDefinition) else None
-
-
 def partitioned_by(graph, name: str) -> list[dg.AssetKey]:
-    """Materializable assets on the dynamic partitions definition `name`, in graph order."""
+    """Materializable assets on `name` ('training_runs' or 'checkpoints', assets/partitions.py), in
+    graph order."""
     return [k for k in graph.toposorted_asset_keys
-            if graph.get(k).is_materializable and _partitions_name(graph, k) == name]
+            if graph.get(k).is_materializable and partitions_kind(graph.get(k).partitions_def) == name]
 
 
 def stale_resolver(instance: dg.DagsterInstance, graph):
@@ -135,6 +75,17 @@ def stale_resolver(instance: dg.DagsterInstance, graph):
     view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
                           instance=instance, asset_graph=graph)
     return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
+
+
+def _stale_cause(resolver, key: dg.AssetKey, partition: str) -> str:
+    """Dagster's first stale cause in words: "stale: eval_renders has a new code version",
+    "stale: training_run[r1] has a new data version"."""
+    causes = resolver.get_stale_causes(key, partition)
+    if not causes:
+        return "stale"
+    c = causes[0]
+    where = c.asset_key.to_user_string() + (f"[{c.partition_key}]" if c.partition_key else "")
+    return f"stale: {where} {c.reason}"
 
 
 class _Launch:
@@ -152,10 +103,11 @@ class _Launch:
                                       - dg.AssetSelection.all())]))
         self.graph = self.defs.resolve_asset_graph()
         self.job = self.defs.resolve_implicit_global_asset_job_def()
-        self.ckpt_keys = partitioned_by(self.graph, CHECKPOINTS.name)
+        self.ckpt_keys = partitioned_by(self.graph, CHECKPOINTS_NAME)
         self.run_key = dg.AssetKey("training_run")
         self.run_keys = [k for k in partitioned_by(self.graph, TRAINING_RUNS.name) if k != self.run_key]
         self.outcomes: list[Outcome] = []
+        self.why: dict[tuple[dg.AssetKey, str | None], str] = {}  # (key, partition) -> why it is redone
         self.done, self.total = 0, 0
         # The event log (and so the UI) gets everything; the console only warnings and worse.
         # The launch reports outcomes itself (progress bar + summary); Dagster's console logger would
@@ -168,29 +120,40 @@ class _Launch:
         return stale_resolver(self.instance, self.graph)
 
     def _recorded_version(self, key: dg.AssetKey, partition: str) -> str | None:
-        rec = self.instance.get_latest_data_version_record(key, partition_key=partition)
-        mat = rec.asset_materialization if rec is not None else None
-        return (mat.tags or {}).get("dagster/data_version") if mat else None
+        from assets.training import recorded_content
 
-    def _needs(self, keys: list[dg.AssetKey], partition: str, content: dict[dg.AssetKey, str | None]) -> list:
-        """The keys to materialize for this partition: missing/stale ones and everything after them."""
+        return recorded_content(self.instance, key, partition)
+
+    def _needs(self, keys: list[dg.AssetKey], partition: str, content: dict[dg.AssetKey, str | None],
+               resolver=None) -> list:
+        """The keys to materialize for this partition: missing/stale ones and everything after them.
+        Why each is needed goes to `self.why` ("new", "stale: <cause>"), for the outcome's reason."""
         from dagster._core.definitions.data_version import StaleStatus
 
         if self.include_all:
+            self.why.update({(k, partition): "redone: --all" for k in keys})
             return list(keys)
-        resolver = self._resolver()
+        resolver = resolver or self._resolver()
         need: list[dg.AssetKey] = []
         for k in keys:
             status = resolver.get_status(k, partition)
             expected = content.get(k)
-            upstream = any(u in need for u in self.graph.get(k).parent_keys)
+            upstream = next((u for u in self.graph.get(k).parent_keys if u in need), None)
             changed = expected is not None and self._recorded_version(k, partition) != expected
             lost = k.path[-1] == "eval_renders" and not self._evaluation_exists(partition)
-            if status != StaleStatus.FRESH or upstream or changed or lost:
+            why = ("new" if status == StaleStatus.MISSING else
+                   _stale_cause(resolver, k, partition) if status == StaleStatus.STALE else
+                   "stale: file content changed" if changed else
+                   "stale: its evaluation.json is missing" if lost else
+                   f"stale: after {upstream.to_user_string()}" if upstream else None)
+            if why:
                 need.append(k)
+                self.why[(k, partition)] = why
         for k in keys:  # anything downstream of a needed key within this partition group
-            if k not in need and any(u in need for u in self.graph.get(k).parent_keys):
+            up = next((u for u in self.graph.get(k).parent_keys if u in need), None)
+            if k not in need and up is not None:
                 need.append(k)
+                self.why[(k, partition)] = f"stale: after {up.to_user_string()}"
         return [k for k in keys if k in need]
 
     def _evaluation_exists(self, partition: str) -> bool:
@@ -236,7 +199,8 @@ class _Launch:
         first_reason = next(iter(reasons.values()), "the run failed")
         for k in keys:
             if k in done:
-                self.outcomes.append(Outcome(k.to_user_string(), partition, "materialized", "", result.run_id))
+                self.outcomes.append(Outcome(k.to_user_string(), partition, "materialized",
+                                             self.why.get((k, partition), ""), result.run_id))
             else:
                 own = next((r for s, r in reasons.items() if s.split(".")[-1] == k.path[-1]), None)
                 why = own or f"not run: {first_reason}"
@@ -253,6 +217,8 @@ class _Launch:
 
 
 def _select(scans: list, run_ids: tuple[str, ...], checkpoint_ids: tuple[str, ...]) -> tuple[list, list[str]]:
+    from lora_pipeline.storage import split_checkpoint_partition_key
+
     known = {s.run_id for s in scans}
     missing = [r for r in run_ids if r not in known]
     if missing:
@@ -266,7 +232,8 @@ def _select(scans: list, run_ids: tuple[str, ...], checkpoint_ids: tuple[str, ..
         if lost:
             raise LaunchError(f"--checkpoint {lost[0]}: no such complete checkpoint in the selected run(s)")
         ckpts = by
-        chosen = [s for s in chosen if any(c.partition_key.startswith(f"{s.run_id}~") for c in ckpts)]
+        chosen = [s for s in chosen if any(split_checkpoint_partition_key(c.partition_key)[0] == s.run_id
+                                           for c in ckpts)]
     return chosen, [c.partition_key for c in ckpts]
 
 
@@ -302,6 +269,7 @@ def _datasets(launch: _Launch) -> None:
             launch.skip([SNAPSHOT_KEY], name)
             launch._tick(f"dataset {name} up to date")
         else:
+            launch.why.setdefault((SNAPSHOT_KEY, name), "new" if not on_disk else "stale: the dataset folder changed")
             launch.execute([SNAPSHOT_KEY], name, f"dataset {name}")
 
 
@@ -349,6 +317,7 @@ def _materialize(config: Config, instance: dg.DagsterInstance, run_ids: tuple[st
                  sleep: Callable[[float], None], guard) -> LaunchSummary:
     from lora_pipeline.render import cache
     from lora_pipeline.render.pipeline import BASE_LOADS
+    from lora_pipeline.storage import split_checkpoint_partition_key
     from lora_pipeline.training.scan import scan_runs_rechecked
 
     t0 = time.perf_counter()
@@ -359,8 +328,9 @@ def _materialize(config: Config, instance: dg.DagsterInstance, run_ids: tuple[st
     left = [lf for s in scans for lf in s.left]
     launch.total = len(config.datasets) + len(runs) * (1 + bool(launch.run_keys)) + len(ckpts)
     _datasets(launch)
-    add_partitions(instance, TRAINING_RUNS.name, runs)
-    add_partitions(instance, CHECKPOINTS.name, ckpts)
+    run_dims, checkpoint_dims = dimension_keys(ckpts)
+    add_partitions(instance, TRAINING_RUNS.name, list(dict.fromkeys(runs + run_dims)))
+    add_partitions(instance, CHECKPOINT_IDS.name, checkpoint_dims)
     shas = {c.partition_key: c.sha256 for s in scans for c in s.checkpoints}
     for s in scans:
         if launch._needs([launch.run_key], s.run_id, {launch.run_key: s.fingerprint}):
@@ -368,18 +338,26 @@ def _materialize(config: Config, instance: dg.DagsterInstance, run_ids: tuple[st
         else:
             launch.skip([launch.run_key], s.run_id)
             launch._tick(f"run {s.run_id} up to date")
-    touched: set[str] = set()
+    touched: dict[str, list[str]] = {}  # run -> its checkpoint partitions redone in this launch
+    # One stale-status resolver for the whole stage: checkpoint partitions do not depend on each other.
+    resolver = launch._resolver() if ckpts and not include_all else None
     for pk in ckpts:
         content = {k: shas.get(pk) for k in launch.ckpt_keys if k.path[-1] == "lora_checkpoint"}
-        need = launch._needs(launch.ckpt_keys, pk, content)
+        need = launch._needs(launch.ckpt_keys, pk, content, resolver)
         launch.skip([k for k in launch.ckpt_keys if k not in need], pk)
         if need:
-            touched.add(pk.split("~", 1)[0])
+            touched.setdefault(split_checkpoint_partition_key(pk)[0], []).append(pk)
             launch.execute(need, pk, f"checkpoint {pk}")
         else:
             launch._tick(f"checkpoint {pk} up to date")
+    report_resolver = launch._resolver() if runs and launch.run_keys and not include_all else None
     for r in runs if launch.run_keys else []:
-        need = launch.run_keys if r in touched else launch._needs(launch.run_keys, r, {})
+        if r in touched:
+            need = launch.run_keys
+            redone = ", ".join(touched[r][:3]) + (f" and {len(touched[r]) - 3} more" if len(touched[r]) > 3 else "")
+            launch.why.update({(k, r): f"stale: checkpoint_report[{redone}] redone" for k in need})
+        else:
+            need = launch._needs(launch.run_keys, r, {}, report_resolver)
         launch.skip([k for k in launch.run_keys if k not in need], r)
         if need:
             launch.execute(need, r, f"run report {r}")

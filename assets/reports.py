@@ -4,21 +4,23 @@ report), with asset checks that surface error findings in the UI's checks tab.
 
 Thin: the work is in lora_pipeline.report (no Dagster there).
 
-- `run_report` depends on `checkpoint_report` through `AllPartitionMapping`: the checkpoints
-  partitions are dynamic `<run_id>~<checkpoint_id>` keys, for which Dagster has no "prefix" mapping;
-  "all" validates and is honest about staleness (a new checkpoint report makes run reports stale).
-  The run report itself reads only its own run's checkpoint reports.
+- `run_report[<run>]` depends on exactly that run's checkpoint reports (`TO_RUN`, a
+  MultiToSingleDimensionPartitionMapping on the checkpoints' "run" dimension): a new checkpoint
+  makes its own run's report stale and nothing else.
+- `run_report` carries an automation condition (`RUN_REPORT_CONDITION`): once any of its run's
+  checkpoint reports (or its training_run) was updated and none is still in progress, the
+  `run_reports_automation` sensor (running by default) requests it. So a run the sensor picked up
+  ends with its run report, with no manual step.
 - Checks are declared with `partitions_def` (docs/notes: a check on a dynamically partitioned asset
   otherwise reads the wrong partition) and read the report.json of their partition; none is
   blocking: a finding is a result, not a failed step.
 """
 
-import base64
 from pathlib import Path
 
 import dagster as dg
 
-from assets.partitions import CHECKPOINTS, TRAINING_RUNS
+from assets.partitions import CHECKPOINTS, TO_RUN, TRAINING_RUNS
 from assets.training import RUN_PARTITIONED_TAG
 from lora_pipeline.config import Config
 from resources.settings import PipelineSettings
@@ -35,14 +37,27 @@ CHECKPOINT_CHECKS = {
     "quality_ok": (("quality",), "no error finding in the quality signals"),
     "not_rejected": (("review",), "no reviewer rejected this checkpoint (REVIEW.REJECTED)"),
 }
-_SCHEMA = dg.TableSchema(columns=[dg.TableColumn(c) for c in ("layer", "severity", "code", "subject", "message")])
+RUN_CHECK = "run_findings_ok"
+RUN_CHECK_DESCRIPTION = "no error finding at run level (dataset, training, spec drift across checkpoints)"
+RUN_CHECK_LAYERS = ("provenance", "runtime", "comparison", "operational", "dataset", "training", "quality")
 
 
 def _findings_table(findings: list[dict]) -> dg.MetadataValue:
-    return dg.MetadataValue.table(
-        [dg.TableRecord({"layer": f["layer"], "severity": f["severity"], "code": f["code"],
-                         "subject": str(f.get("subject"))[:200], "message": str(f.get("message"))[:300]})
-         for f in findings], schema=_SCHEMA)
+    from assets.ui_metadata import findings_table
+
+    return findings_table(findings)
+
+
+def _report_links(instance: dg.DagsterInstance, key: list[str], folder: Path) -> dict[str, dg.MetadataValue]:
+    """report_html (the path, with a copy button), report_html_download (a link in the UI; a click
+    downloads the self-contained page, see assets/ui_metadata.py), report_json (the path)."""
+    from assets.ui_metadata import report_link
+
+    links = {"report_html": dg.MetadataValue.path(str(folder / "report.html"))}
+    link = report_link(instance, [*key, "report"], folder / "report.html")
+    if link is not None:
+        links["report_html_download"] = link
+    return {**links, "report_json": dg.MetadataValue.path(str(folder / "report.json"))}
 
 
 def _counts(findings: list[dict]) -> dict[str, dg.MetadataValue]:
@@ -59,15 +74,29 @@ def _reviews_md(reviews: list[dict]) -> dg.MetadataValue:
     return dg.MetadataValue.md("\n".join(rows))
 
 
+# Dagster's eager() without "no dependency missing" (a run's report must not wait for a checkpoint id
+# that run never saved, which the two-dimensional partition space also holds) and without "newly
+# missing" (a run added a moment ago has no checkpoint report yet): any dependency updated since the
+# last request, none in progress, not in progress itself.
+RUN_REPORT_CONDITION = (
+    dg.AutomationCondition.in_latest_time_window()
+    & dg.AutomationCondition.any_deps_updated().since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("after its checkpoint reports")
+
+
 def _failure(e: Exception) -> dg.Failure:
     return dg.Failure(description=str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
 @dg.asset(key=CHECKPOINT_REPORT, group_name=GROUP, partitions_def=CHECKPOINTS, deps=["eval_renders"],
+          check_specs=[dg.AssetCheckSpec(n, asset=CHECKPOINT_REPORT, description=d) for n, (_l, d) in CHECKPOINT_CHECKS.items()],
           code_version="1", kinds={"html", "json"},
           description="The diagnosis of one checkpoint: findings of every layer, the verdict (CONTRACT section 4), "
                       "reports/<run_id>/<checkpoint_id>/report.json and report.html.")
 def checkpoint_report(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    from assets.ui_metadata import image
     from lora_pipeline.report.diagnosis import ReportError, write_checkpoint_report
     from lora_pipeline.report.grid_image import comparison_grid_png
     from lora_pipeline.storage import split_checkpoint_partition_key
@@ -80,25 +109,34 @@ def checkpoint_report(context: dg.AssetExecutionContext, settings: PipelineSetti
         raise _failure(e) from None
     findings = doc["findings"]
     context.log.info(f"{run_id}/{cid}: verdict {doc['verdict']}, {len(findings)} finding(s) -> {folder / 'report.html'}")
-    meta = {"verdict": doc["verdict"], **_counts(findings), "findings": _findings_table(findings),
-            "report_html": dg.MetadataValue.path(str(folder / "report.html")),
-            "report_json": dg.MetadataValue.path(str(folder / "report.json")),
-            "reviews": _reviews_md(doc["metrics"]["reviews"]), "renders": len(doc["renders"])}
+    meta: dict = {"verdict": doc["verdict"]}
     png = comparison_grid_png(doc["renders"], Path(config.storage))
-    if png:
-        meta["comparison_grid"] = dg.MetadataValue.md(
-            f"![comparison grid](data:image/png;base64,{base64.b64encode(png).decode()})")
-    return dg.MaterializeResult(metadata=meta)
+    if png:  # inline on the asset page (assets/ui_metadata.py)
+        meta["comparison_grid"] = image(context.instance, ["reports", run_id, cid, "comparison_grid"], png,
+                                        "comparison grid: a row per prompt x seed; base, LoRA without trigger, "
+                                        "LoRA with trigger")
+    meta.update({**_report_links(context.instance, ["reports", run_id, cid], folder), **_counts(findings),
+                 "findings": _findings_table(findings), "reviews": _reviews_md(doc["metrics"]["reviews"]),
+                 "renders": len(doc["renders"])})
+    # The checks come from the report in memory, in the same step (not one step per check re-reading
+    # report.json: each Dagster step costs event-log writes).
+    checks = [_check_result(n, findings, layers, CHECKPOINT_REPORT, {"verdict": doc["verdict"]})
+              for n, (layers, _d) in CHECKPOINT_CHECKS.items()]
+    return dg.MaterializeResult(metadata=meta, check_results=checks)
 
 
 @dg.asset(key=RUN_REPORT, group_name=GROUP, partitions_def=TRAINING_RUNS, code_version="1", kinds={"html", "json"},
           tags=dict([RUN_PARTITIONED_TAG]),  # keeps it out of training's per-checkpoint job
-          deps=["training_run", dg.AssetDep(CHECKPOINT_REPORT, partition_mapping=dg.AllPartitionMapping())],
+          deps=["training_run", dg.AssetDep(CHECKPOINT_REPORT, partition_mapping=TO_RUN)],
+          check_specs=[dg.AssetCheckSpec(RUN_CHECK, asset=RUN_REPORT, description=RUN_CHECK_DESCRIPTION)],
+          automation_condition=RUN_REPORT_CONDITION,
           description="The run: checkpoint progression, signals over steps, per-checkpoint verdicts, candidates for "
                       "the best checkpoint, run-level findings; reports/<run_id>/report.json and report.html.")
 def run_report(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
+    from assets.ui_metadata import image
     from lora_pipeline.report.diagnosis import ReportError
     from lora_pipeline.report.run import write_run_report
+    from lora_pipeline.report.run_html import key_signal_pngs
 
     try:
         doc, folder = write_run_report(settings.config, context.partition_key)
@@ -106,14 +144,18 @@ def run_report(context: dg.AssetExecutionContext, settings: PipelineSettings) ->
         raise _failure(e) from None
     verdicts = {c["checkpoint_id"]: c["verdict"] or "not evaluated" for c in doc["checkpoints"]}
     context.log.info(f"run {doc['run_id']}: {verdicts}; best {doc['best']}")
+    curves = {f"{name.split('.')[-1]}_curve": image(context.instance, ["reports", doc["run_id"], name], png, title)
+              for name, title, png in key_signal_pngs(doc)}
     return dg.MaterializeResult(metadata={
-        "verdict": doc["verdict"], **_counts(doc["findings"]), "findings": _findings_table(doc["findings"]),
-        "checkpoint_verdicts": dg.MetadataValue.json(verdicts), "best_checkpoint": str(doc["best"]),
+        "verdict": doc["verdict"], "best_checkpoint": str(doc["best"]),
+        "checkpoint_verdicts": dg.MetadataValue.json(verdicts), **curves,
+        **_report_links(context.instance, ["reports", doc["run_id"]], folder), **_counts(doc["findings"]),
+        "findings": _findings_table(doc["findings"]),
         "candidates": dg.MetadataValue.md("\n".join(f"- `{c['checkpoint_id']}`: {c['reason']}"
                                                     for c in doc["candidates"]) or "no candidate"),
-        "report_html": dg.MetadataValue.path(str(folder / "report.html")),
-        "report_json": dg.MetadataValue.path(str(folder / "report.json")),
-        "reviews": _reviews_md(doc["reviews"])})
+        "reviews": _reviews_md(doc["reviews"])},
+        check_results=[_check_result(RUN_CHECK, doc["findings"], RUN_CHECK_LAYERS, RUN_REPORT,
+                                     {"verdict": doc["verdict"]})])
 
 
 def _check_result(name: str, findings: list[dict], layers: tuple[str, ...], asset: dg.AssetKey,
@@ -127,41 +169,9 @@ def _check_result(name: str, findings: list[dict], layers: tuple[str, ...], asse
                   "findings": _findings_table(errors), **(extra or {})})
 
 
-def _read_report(path: Path) -> dict:
-    import json
-
-    try:
-        return json.loads(path.read_text("utf-8"))
-    except FileNotFoundError:
-        raise dg.Failure(description=f"{path}: no report yet (materialize the report first)") from None
-    except (OSError, ValueError) as e:
-        raise dg.Failure(description=f"{path}: unreadable ({type(e).__name__})") from None
-
-
-def _checkpoint_check(name: str) -> dg.AssetChecksDefinition:
-    layers, description = CHECKPOINT_CHECKS[name]
-
-    @dg.asset_check(asset=CHECKPOINT_REPORT, name=name, description=description, partitions_def=CHECKPOINTS)
-    def _check(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
-        from lora_pipeline.storage import Storage, split_checkpoint_partition_key
-
-        run_id, cid = split_checkpoint_partition_key(context.partition_key)
-        doc = _read_report(Storage(Path(settings.config.storage)).checkpoint_report_dir(run_id, cid) / "report.json")
-        return _check_result(name, doc["findings"], layers, CHECKPOINT_REPORT, {"verdict": doc["verdict"]})
-
-    return _check
-
-
-@dg.asset_check(asset=RUN_REPORT, name="run_findings_ok", partitions_def=TRAINING_RUNS,
-                description="no error finding at run level (dataset, training, spec drift across checkpoints)")
-def run_findings_ok(context: dg.AssetCheckExecutionContext, settings: PipelineSettings) -> dg.AssetCheckResult:
-    from lora_pipeline.storage import Storage
-
-    doc = _read_report(Storage(Path(settings.config.storage)).run_report_dir(context.partition_key) / "report.json")
-    layers = ("provenance", "runtime", "comparison", "operational", "dataset", "training", "quality")
-    return _check_result("run_findings_ok", doc["findings"], layers, RUN_REPORT, {"verdict": doc["verdict"]})
-
-
 def definitions(config: Config) -> dg.Definitions:
-    return dg.Definitions(assets=[checkpoint_report, run_report],
-                          asset_checks=[*(_checkpoint_check(n) for n in CHECKPOINT_CHECKS), run_findings_ok])
+    automation = dg.AutomationConditionSensorDefinition(
+        "run_reports_automation", target=dg.AssetSelection.assets(RUN_REPORT), minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Requests a run's report once its checkpoint reports are in (RUN_REPORT_CONDITION).")
+    return dg.Definitions(assets=[checkpoint_report, run_report], sensors=[automation])

@@ -81,9 +81,7 @@ class RunHealth:
         from lora_pipeline.storage import Storage, split_checkpoint_partition_key
 
         part = run.tags.get(PARTITION_TAG, "")
-        if "~" not in part:
-            return None
-        try:
+        try:  # a run partition (no checkpoint in it) raises ValueError: no heartbeats to read
             run_id, ck = split_checkpoint_partition_key(part)
             return Storage(Path(self.config.storage)).renders_dir(run_id, ck)
         except Exception:  # noqa: BLE001 - a partition of another layout: no heartbeats to read

@@ -1,18 +1,18 @@
 """The training group (issue 4): `training_run` (one dynamic partition per run), `lora_checkpoint`
-(one per checkpoint, key `<run_id>~<checkpoint_id>`) and `training_runs_sensor`, which keeps the
+(one per checkpoint: run x checkpoint id, key `<checkpoint_id>|<run_id>`) and `training_runs_sensor`, which keeps the
 partitions in step with the runs folder and requests each checkpoint's evaluation once.
 
 Thin: the logic lives in lora_pipeline.training; torch is never imported here.
 """
 
 
-import base64
 import importlib.util
+import json
 from pathlib import Path
 
 import dagster as dg
 
-from assets.partitions import CHECKPOINTS, TRAINING_RUNS
+from assets.partitions import CHECKPOINT_IDS, CHECKPOINTS, TO_RUN, TRAINING_RUNS
 from lora_pipeline.config import Config
 from lora_pipeline.findings import Finding
 from lora_pipeline.fsutil import atomic_write_json
@@ -37,19 +37,40 @@ CHECKPOINT_KEY = dg.AssetKey("lora_checkpoint")
 RUN_JOB = "training_run_job"
 CHECKPOINT_JOB = "checkpoint_job"
 _RUN_KEY_TAG = "dagster/run_key"
+CONTENT_TAG = "lora_pipeline/content"  # on a materialization: the content it was made from, when not its data version
 # Assets partitioned by run that sit downstream of lora_checkpoint carry this tag (assets/reports.py).
 RUN_PARTITIONED_TAG = ("lora_pipeline/partitioned_by", "training_runs")
 SENSOR_INTERVAL_S = 30  # also tells `evaluate` users how soon the sensor picks up a file left out
 
 
 def _findings_table(findings: list[Finding]) -> dg.MetadataValue:
-    rows = ["| code | severity | message |", "|---|---|---|"]
-    rows += [f"| `{f.code}` | {f.severity} | {f.message.replace('|', '/')[:200]} |" for f in findings]
-    return dg.MetadataValue.md("\n".join(rows) if findings else "no findings")
+    from assets.ui_metadata import findings_table
+
+    return findings_table([f.to_dict() for f in findings])
 
 
-def _png_md(data: bytes, alt: str) -> dg.MetadataValue:
-    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})")
+def _curves(instance: dg.DagsterInstance, record, files: dict[str, Path]) -> dict[str, dg.MetadataValue]:
+    """loss_curve and delta_norm_curve, inline on the asset page (assets/ui_metadata.py) when they show
+    something; otherwise a sentence saying why there is no curve."""
+    from assets.ui_metadata import image
+    from lora_pipeline.report.html_common import no_loss_reason
+    from lora_pipeline.training.curves import informative
+
+    out: dict[str, dg.MetadataValue] = {}
+    if record.loss:
+        out["loss_curve"] = image(instance, ["runs", record.run_id, "loss"], files["loss.png"].read_bytes(),
+                                  "training loss per step (grey: raw, blue: smoothed; dotted: checkpoints)")
+    else:
+        out["loss_curve"] = dg.MetadataValue.text(no_loss_reason({"format": record.format}))
+    norms = [(c.step or i, c.total_delta_norm) for i, c in enumerate(record.checkpoints)
+             if c.total_delta_norm is not None]
+    if informative(norms):
+        out["delta_norm_curve"] = image(instance, ["runs", record.run_id, "delta_norm"],
+                                        files["delta_norm.png"].read_bytes(), "LoRA weight change per checkpoint")
+    else:
+        out["delta_norm_curve"] = dg.MetadataValue.text(
+            f"{len(norms)} checkpoint(s) with a weight norm: no curve to draw")
+    return out
 
 
 def _dataset_deps() -> list[dg.AssetDep]:
@@ -77,15 +98,17 @@ def _build_assets():
             "base_model": str(r.base_model.name), "trigger": str(r.trigger), "rank": str(r.rank),
             "alpha": str(r.alpha), "learning_rate": str(r.learning_rate),
             "dataset_snapshot": str(r.dataset.snapshot_id), "findings": _findings_table(r.findings),
-            "loss_curve": _png_md(files["loss.png"].read_bytes(), "loss"),
-            "delta_norm_curve": _png_md(files["delta_norm.png"].read_bytes(), "delta norm"),
+            **_curves(context.instance, r, files),
         }
         if r.pending:
             meta["pending_files"] = ", ".join(r.pending)
-        return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(fingerprint_of(r)))
+        # Data version: the run's facts, not its checkpoint list (a new checkpoint leaves the others
+        # fresh); the content tag: the folder's fingerprint (what makes the run need ingesting again).
+        return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(r.facts_version()),
+                                    tags={CONTENT_TAG: fingerprint_of(r)})
 
     @dg.asset(key=CHECKPOINT_KEY, group_name=GROUP, partitions_def=CHECKPOINTS, code_version="1",
-              deps=[dg.AssetDep(RUN_KEY, partition_mapping=dg.AllPartitionMapping())],
+              deps=[dg.AssetDep(RUN_KEY, partition_mapping=TO_RUN)],
               description="One checkpoint file analysed in one read (hash + header + tensors): key "
                           "family, rank/alpha per module, delta norms, NaN/Inf, inferred base "
                           "architecture vs the run's declared base. Data version = file sha256.")
@@ -151,9 +174,16 @@ def _done(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str, versio
     """Already requested (a run with this run key exists) or already materialized at this version."""
     if instance.get_run_records(dg.RunsFilter(tags={_RUN_KEY_TAG: run_key}), limit=1):
         return True
+    return recorded_content(instance, key, partition) == version
+
+
+def recorded_content(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> str | None:
+    """What the latest materialization of key[partition] was made from: its content tag (training_run:
+    the run folder's fingerprint), else its data version (lora_checkpoint: the file's sha256)."""
     rec = instance.get_latest_data_version_record(key, partition_key=partition)
     mat = rec.asset_materialization if rec is not None else None
-    return bool(mat and (mat.tags or {}).get("dagster/data_version") == version)
+    tags = (mat.tags or {}) if mat else {}
+    return tags.get(CONTENT_TAG) or tags.get("dagster/data_version")
 
 
 def _build_jobs():
@@ -163,8 +193,17 @@ def _build_jobs():
     # Run-partitioned assets below it (reports' run_report, tagged) are left out: one job, one partitions def.
     selection = dg.AssetSelection.assets(CHECKPOINT_KEY).downstream() - dg.AssetSelection.tag(*RUN_PARTITIONED_TAG)
     checkpoint_job = dg.define_asset_job(CHECKPOINT_JOB, selection=selection,
-                                         description="Analyse and evaluate one checkpoint (partition = run~checkpoint).")
+                                         description="Analyse and evaluate one checkpoint (partition = checkpoint|run).")
     return run_job, checkpoint_job
+
+
+def _cursor(text: str | None) -> dict[str, str]:
+    """The sensor's cursor ({run_id: fingerprint}); anything unreadable counts as empty (re-check all)."""
+    try:
+        doc = json.loads(text or "{}")
+    except ValueError:
+        return {}
+    return {str(k): str(v) for k, v in doc.items()} if isinstance(doc, dict) else {}
 
 
 def build_sensor(config: Config, run_job, checkpoint_job) -> dg.SensorDefinition:
@@ -175,11 +214,19 @@ def build_sensor(config: Config, run_job, checkpoint_job) -> dg.SensorDefinition
     def training_runs_sensor(context: dg.SensorEvaluationContext):
         instance = context.instance
         scans = scan_runs(config)
-        new_runs = [s.run_id for s in scans if not instance.has_dynamic_partition(TRAINING_RUNS.name, s.run_id)]
-        new_ckpts = [c.partition_key for s in scans for c in s.checkpoints
-                     if not instance.has_dynamic_partition(CHECKPOINTS.name, c.partition_key)]
+        # The cursor holds each run's fingerprint as of the tick that handled it: a run whose folder
+        # has not changed since costs no instance query (at 50 runs x 10 checkpoints an unchanged tick
+        # is a scan of file stats, not 1,000 look-ups).
+        seen = _cursor(context.cursor)
+        have_runs = set(instance.get_dynamic_partitions(TRAINING_RUNS.name))
+        have_ids = set(instance.get_dynamic_partitions(CHECKPOINT_IDS.name))
+        changed = [s for s in scans if seen.get(s.run_id) != s.fingerprint or s.run_id not in have_runs]
+        new_runs = [s.run_id for s in scans if s.run_id not in have_runs]
+        new_ids = list(dict.fromkeys(split_checkpoint_partition_key(c.partition_key)[1]
+                                     for s in scans for c in s.checkpoints
+                                     if split_checkpoint_partition_key(c.partition_key)[1] not in have_ids))
         requests = []
-        for s in scans:
+        for s in changed:
             if not _done(instance, RUN_KEY, s.run_id, s.fingerprint, s.run_key):
                 requests.append(dg.RunRequest(job_name=RUN_JOB, partition_key=s.run_id, run_key=s.run_key))
             for c in s.checkpoints:
@@ -187,14 +234,13 @@ def build_sensor(config: Config, run_job, checkpoint_job) -> dg.SensorDefinition
                     requests.append(dg.RunRequest(job_name=CHECKPOINT_JOB, partition_key=c.partition_key,
                                                   run_key=c.run_key, tags={"lora_pipeline/sha256": c.sha256}))
         waiting = sum(len(s.waiting) for s in scans)
-        if not (new_runs or new_ckpts or requests):
+        cursor = json.dumps({s.run_id: s.fingerprint for s in scans}, sort_keys=True)
+        if not (new_runs or new_ids or requests):
+            context.update_cursor(cursor)
             return dg.SkipReason(f"{len(scans)} run(s) up to date; {waiting} file(s) not complete yet")
-        adds = []
-        if new_runs:
-            adds.append(TRAINING_RUNS.build_add_request(new_runs))
-        if new_ckpts:
-            adds.append(CHECKPOINTS.build_add_request(new_ckpts))
-        return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=adds)
+        adds = [TRAINING_RUNS.build_add_request(new_runs)] if new_runs else []
+        adds += [CHECKPOINT_IDS.build_add_request(new_ids)] if new_ids else []
+        return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=adds, cursor=cursor)
 
     return training_runs_sensor
 

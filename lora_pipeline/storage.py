@@ -17,7 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
-PARTITION_SEP = "~"  # outside the run-id alphabet, so a checkpoint partition key splits unambiguously
+# A checkpoint partition key is Dagster's string form of the two-dimensional key (checkpoint, run):
+# `<checkpoint_id>|<run_id>` (dimensions in name order). `|` is outside both id alphabets, so it splits
+# unambiguously. Keys of the earlier one-dimensional layout (`<run_id>~<checkpoint_id>`) still split.
+PARTITION_SEP = "|"
+LEGACY_PARTITION_SEP = "~"
 
 
 def run_id_for(folder_name: str) -> str:
@@ -35,12 +39,15 @@ def checkpoint_id_for(step: int | None, epoch: int | None, stem: str) -> str:
 
 
 def checkpoint_partition_key(run_id: str, checkpoint_id: str) -> str:
-    return f"{run_id}{PARTITION_SEP}{checkpoint_id}"
+    return f"{checkpoint_id}{PARTITION_SEP}{run_id}"
 
 
 def split_checkpoint_partition_key(key: str) -> tuple[str, str]:
-    run_id, sep, checkpoint_id = key.partition(PARTITION_SEP)
+    """(run_id, checkpoint_id) of a checkpoint partition key (either layout)."""
+    checkpoint_id, sep, run_id = str(key).partition(PARTITION_SEP)
     if not sep:
+        run_id, sep, checkpoint_id = str(key).partition(LEGACY_PARTITION_SEP)
+    if not sep or not run_id or not checkpoint_id:
         raise ValueError(f"not a checkpoint partition key: {key!r}")
     return run_id, checkpoint_id
 

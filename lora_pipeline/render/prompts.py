@@ -61,6 +61,13 @@ def trigger_span(tok: Any, prompt: str, trigger: str) -> tuple[int, int] | None:
     return start, start + len(_content_ids(tok, trigger))
 
 
+def encoder_words(name: str, enc: TextEncoder) -> str:
+    """'the CLIP text encoder (tokenizer_2)': the tokenizer's family, then the pipeline attribute."""
+    kind = type(enc.tokenizer).__name__.lower()
+    family = next((f for f in ("CLIP", "T5", "Qwen", "Gemma", "Llama") if f.lower() in kind), None)
+    return f"the {family} text encoder ({name})" if family else f"the text encoder of {name}"
+
+
 def check_prompt(encoders: dict[str, TextEncoder], prompt: str, negative: str | None, trigger: str | None,
                  subject: str, where: dict[str, Any]) -> tuple[list[Finding], dict[str, Any]]:
     """Truncation findings for one resolved prompt (and its negative, None when the pipeline does not
@@ -75,8 +82,9 @@ def check_prompt(encoders: dict[str, TextEncoder], prompt: str, negative: str | 
             limit = encoders[name].limit
             if n > limit:
                 findings.append(Finding("RUNTIME.PROMPT_TRUNCATED", subject,
-                                        f"The {kind.replace('_', ' ')} has {n} tokens for {name} (limit {limit}); "
-                                        f"the text encoder never sees the last {n - limit}.",
+                                        f"The {kind.replace('_', ' ')} is {n} tokens long for "
+                                        f"{encoder_words(name, encoders[name])}, which reads only the first "
+                                        f"{limit}: the last {n - limit} never reach the model.",
                                         {**where, "which": kind, "tokenizer": name, "tokens": n, "limit": limit,
                                          "text": texts[kind]}))
     if trigger and trigger in prompt:
@@ -86,8 +94,9 @@ def check_prompt(encoders: dict[str, TextEncoder], prompt: str, negative: str | 
             _, after = _specials(tok)
             if span and span[1] > limit - after:
                 findings.append(Finding("RUNTIME.TRIGGER_TRUNCATED", subject,
-                                        f"The trigger {trigger!r} is at tokens {span[0]}-{span[1] - 1} of {name}'s "
-                                        f"encoding, past its {limit}-token limit: the model never sees it.",
+                                        f"The trigger {trigger!r} is at tokens {span[0] + 1}-{span[1]} of the "
+                                        f"prompt for {encoder_words(name, enc)}, which reads only the first "
+                                        f"{limit}: the model never sees the trigger.",
                                         {**where, "tokenizer": name, "trigger_tokens": list(span), "limit": limit,
                                          "prompt": prompt}))
     return findings, counts

@@ -12,11 +12,11 @@ from typing import Any
 from lora_pipeline.report.html_common import (
     esc,
     findings_table,
-    img_file,
     kv_table,
     linked_thumb,
     page,
     reviews_table,
+    training_plots,
 )
 from lora_pipeline.storage import Storage
 
@@ -106,8 +106,7 @@ def render_checkpoint_html(doc: dict[str, Any], storage: Storage, page_dir: Path
                                               ("quality", _pre(m.get("quality"))),
                                               ("determinism", _pre(m.get("determinism")))]),
         "<h2>Training</h2>", kv_table([(k, esc(v)) for k, v in (m.get("training") or {}).items()]),
-        "<div class=\"plots\">", img_file(run_dir / "loss.png", "loss curve"),
-        img_file(run_dir / "delta_norm.png", "weight-norm curve"), "</div>",
+        training_plots(run_dir),
         "<h2>Provenance</h2>", provenance_html(doc),
         "<h2>Reviews</h2>", reviews_table(m.get("reviews") or []),
     ]

@@ -1,5 +1,6 @@
 """A small comparison-grid PNG (prompt x seed rows; base | LoRA without trigger | LoRA with trigger) for
-Dagster metadata, kept under a byte budget (the event log holds it; CONTRACT notes: < 200 KB)."""
+Dagster metadata, kept under a byte budget (the event log or the webserver's file route holds it;
+CONTRACT notes: < 200 KB). Columns are titled in words, rows by prompt and seed."""
 
 from __future__ import annotations
 
@@ -7,39 +8,64 @@ import io
 from pathlib import Path
 from typing import Any
 
-ARMS = ("base", "lora_no_trigger", "lora_trigger")
+ARMS = (("base", "base model"), ("lora_no_trigger", "LoRA, no trigger"), ("lora_trigger", "LoRA with trigger"))
 MAX_BYTES = 200_000
 MAX_ROWS = 8
+HEAD, LABEL_W, PAD = 28, 52, 2
 
 
-def comparison_grid_png(renders: list[dict[str, Any]], storage_root: Path, cell: int = 96,
+def comparison_grid_png(renders: list[dict[str, Any]], storage_root: Path, cell: int = 128,
                         max_bytes: int = MAX_BYTES) -> bytes | None:
     """PNG bytes of the grid, shrunk until under `max_bytes`; None when there is nothing to show."""
-    from PIL import Image, ImageDraw
-
     by = {(r.get("prompt_index") or 0, r["seed"], r["arm"]): r["path"] for r in renders}
     keys = sorted({(p, s) for p, s, _ in by})[:MAX_ROWS]
     if not keys:
         return None
     while cell >= 16:
-        pad, head = 2, 14
-        img = Image.new("RGB", (len(ARMS) * (cell + pad) + pad, head + len(keys) * (cell + pad) + pad), "white")
-        d = ImageDraw.Draw(img)
-        for j, arm in enumerate(ARMS):
-            d.text((pad + j * (cell + pad), 1), arm[:cell // 6], fill=(0, 0, 0))
-        for i, (p, s) in enumerate(keys):
-            for j, arm in enumerate(ARMS):
-                x, y = pad + j * (cell + pad), head + pad + i * (cell + pad)
-                path = by.get((p, s, arm))
-                try:
-                    with Image.open(storage_root / path) as im:
-                        img.paste(im.convert("RGB").resize((cell, cell)), (x, y))
-                except (OSError, ValueError, TypeError):
-                    d.rectangle([x, y, x + cell - 1, y + cell - 1], outline=(200, 200, 200))
-                    d.text((x + 4, y + cell // 2 - 5), "missing", fill=(150, 150, 150))
         buf = io.BytesIO()
-        img.save(buf, format="PNG", optimize=True)
+        _draw(by, keys, storage_root, cell).save(buf, format="PNG", optimize=True)
         if buf.tell() <= max_bytes:
             return buf.getvalue()
-        cell //= 2
+        cell = cell * 4 // 5  # a little smaller at a time: the largest grid within the budget
     return None
+
+
+def _fit(d, text: str, width: int) -> list[str]:
+    """`text` in at most two lines no wider than `width` (the last one cut short when it must be)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and d.textlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    lines = lines[:2]
+    for i, line in enumerate(lines):
+        while len(line) > 1 and d.textlength(line) > width:
+            line = line[:-2] + "."
+        lines[i] = line
+    return lines
+
+
+def _draw(by: dict, keys: list[tuple[int, int]], storage_root: Path, cell: int):
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (LABEL_W + len(ARMS) * (cell + PAD) + PAD, HEAD + len(keys) * (cell + PAD) + PAD), "white")
+    d = ImageDraw.Draw(img)
+    for j, (_, label) in enumerate(ARMS):
+        for k, line in enumerate(_fit(d, label, cell)):
+            d.text((LABEL_W + PAD + j * (cell + PAD), 2 + 12 * k), line, fill=(0, 0, 0))
+    for i, (p, s) in enumerate(keys):
+        y = HEAD + PAD + i * (cell + PAD)
+        d.text((2, y + 2), f"prompt {p}", fill=(60, 60, 60))
+        d.text((2, y + 14), f"seed {s}", fill=(60, 60, 60))
+        for j, (arm, _) in enumerate(ARMS):
+            x = LABEL_W + PAD + j * (cell + PAD)
+            path = by.get((p, s, arm))
+            try:
+                with Image.open(storage_root / path) as im:
+                    up = im.width < cell  # a small render enlarged pixel by pixel (sharper, smaller PNG)
+                    img.paste(im.convert("RGB").resize((cell, cell), Image.NEAREST if up else Image.BICUBIC), (x, y))
+            except (OSError, ValueError, TypeError):
+                d.rectangle([x, y, x + cell - 1, y + cell - 1], outline=(200, 200, 200))
+                d.text((x + 4, y + cell // 2 - 5), "missing", fill=(150, 150, 150))
+    return img

@@ -74,6 +74,42 @@ def img_file(path: Path, alt: str) -> str:
     return f'<img alt="{esc(alt)}" src="{data_uri(data)}">'
 
 
+def no_loss_reason(record: dict[str, Any]) -> str:
+    """Why a run record has no training loss, in one sentence naming where it was looked for."""
+    fmt = str(record.get("format"))
+    where = {"kohya": "as TensorBoard events under logs/ or log/ (sd-scripts' --logging_dir)",
+             "native": "in loss.jsonl", "ai-toolkit": "in loss_log.db",
+             "simpletuner": "as TensorBoard events under logs/", "onetrainer": "as TensorBoard events under tensorboard/",
+             "diffusers": "as TensorBoard events under logs/"}.get(fmt)
+    if where:
+        return f"No training loss found: a {fmt} run logs it {where}, and this run folder has none."
+    return f"No training loss found in this run folder ({fmt} format)."
+
+
+def training_plots(run_dir: Path) -> str:
+    """The run's loss and weight-norm curves (written beside run.json at ingestion), each only when it
+    carries information; otherwise one sentence saying why it is not there."""
+    import json
+
+    from lora_pipeline.training.curves import informative
+
+    try:
+        record = json.loads((run_dir / "run.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return "<p>No run record: no training plots.</p>"
+    loss = [p for p in record.get("loss") or [] if isinstance(p, list | tuple) and len(p) == 2]
+    norms = [(c.get("step") or i, c.get("total_delta_norm")) for i, c in enumerate(record.get("checkpoints") or [])
+             if isinstance(c.get("total_delta_norm"), int | float)]
+    parts = [img_file(run_dir / "loss.png", "training loss curve") if loss else f"<p>{esc(no_loss_reason(record))}</p>"]
+    if informative(norms):
+        parts.append(img_file(run_dir / "delta_norm.png", "LoRA weight-norm curve"))
+    else:
+        said = ("no checkpoint analysed yet" if not norms else f"{norms[0][1]:.4g} at the only checkpoint"
+                if len(norms) == 1 else f"{norms[0][1]:.4g} at each of the {len(norms)} checkpoints")
+        parts.append(f"<p>LoRA weight norm: {said}, no curve to draw.</p>")
+    return f"<div class=\"plots\">{''.join(parts)}</div>"
+
+
 def findings_table(findings: list[dict[str, Any]], with_layer: bool = True) -> str:
     if not findings:
         return "<p>No findings.</p>"

@@ -8,7 +8,9 @@
      checkpoints [{checkpoint_id, step, verdict, severity_counts, error_codes, report, evaluated,
                    review (the latest reviewer decision in words, or null)}],
      candidates [{checkpoint_id, step, reason}] best first, best (checkpoint id or null),
-     signals {name: [[step, value], ...]}, run_level {what run_findings returned}, reviews, generated_at}
+     signals {name: [[step, value], ...]} (the quality thresholds are not signals: they are in
+              signal_thresholds {signal name: {threshold, value, bound: "min"|"max"}}, drawn on the
+              signal's plot), run_level {what run_findings returned}, reviews, generated_at}
 
 A checkpoint is a candidate for the best one when its report has no error finding, the LoRA clearly
 changes the renders (no QUALITY.NO_LORA_EFFECT, base-vs-LoRA difference above zero), nothing collapsed
@@ -41,6 +43,12 @@ from lora_pipeline.storage import Storage
 
 COLLAPSE = {"QUALITY.NOISE_COLLAPSE", "QUALITY.SEED_COLLAPSE"}
 MAX_SIGNALS = 12
+# quality threshold (lora_pipeline.quality.DEFAULT_THRESHOLDS) -> (the signal it bounds, "min" | "max")
+THRESHOLD_OF = {"min_lora_effect": ("quality.aggregate.lora_effect", "min"),
+                "min_trigger_effect": ("quality.aggregate.trigger_effect", "min"),
+                "max_hf_ratio": ("quality.aggregate.hf_ratio", "max"),
+                "min_seed_diversity_ratio": ("quality.aggregate.seed_diversity_ratio", "min"),
+                "memorization_distance": ("quality.aggregate.nearest_training_distance", "min")}
 
 
 def _run_level(ev_docs: list[dict[str, Any]], record) -> tuple[list[Finding], dict[str, Any]]:
@@ -85,9 +93,22 @@ def signals_of(rows: list[dict[str, Any]]) -> dict[str, list[list[float]]]:
             if isinstance(loss, int | float) and math.isfinite(loss):
                 values["training.loss_at_step"] = float(loss)
         for k, v in values.items():
-            series.setdefault(k, []).append([x, v])
+            if not k.startswith("quality.thresholds."):  # settings, not signals: signal_thresholds()
+                series.setdefault(k, []).append([x, v])
     keep = sorted(series, key=lambda k: (not k.startswith(("comparison", "weights")), k))[:MAX_SIGNALS]
     return {k: series[k] for k in keep}
+
+
+def signal_thresholds(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The quality thresholds of the latest evaluated checkpoint, keyed by the signal each bounds."""
+    docs = [row["_doc"] for row in rows if row.get("_doc")]
+    limits = ((docs[-1].get("metrics") or {}).get("quality") or {}).get("thresholds") or {} if docs else {}
+    out = {}
+    for name, value in limits.items():
+        if name in THRESHOLD_OF and isinstance(value, int | float) and not isinstance(value, bool):
+            signal, bound = THRESHOLD_OF[name]
+            out[signal] = {"threshold": name, "value": float(value), "bound": bound}
+    return out
 
 
 def candidates(rows: list[dict[str, Any]], reviews: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -106,6 +127,8 @@ def candidates(rows: list[dict[str, Any]], reviews: list[dict[str, Any]]) -> lis
         if not isinstance(effect, int | float) or effect <= 0:
             continue
         mine = rv.reviews_for(reviews, doc["run_id"], doc["checkpoint_id"])
+        if mine and mine[-1]["decision"] == "reject":  # rejected after its report was written
+            continue
         accepted = bool(mine) and mine[-1]["decision"] == "accept"
         warns = sum(f["severity"] == "warn" for f in doc["findings"])
         reason = (f"no error finding; the LoRA changes the renders (mean abs difference from base {effect:.4g}"
@@ -149,7 +172,8 @@ def build_run_report(config: Config, run_id: str) -> dict[str, Any]:
                 "dataset": ds_facts, "rank": record.rank, "alpha": record.alpha,
                 "learning_rate": record.learning_rate, "steps": record.steps, "resolution": record.resolution},
         "checkpoints": [{k: v for k, v in r.items() if not k.startswith("_") and k != "total_delta_norm"} for r in rows],
-        "candidates": candidates(rows, reviews), "signals": signals_of(rows), "run_level": run_level,
+        "candidates": candidates(rows, reviews), "signals": signals_of(rows),
+        "signal_thresholds": signal_thresholds(rows), "run_level": run_level,
         "reviews": reviews, "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     doc["best"] = doc["candidates"][0]["checkpoint_id"] if doc["candidates"] else None

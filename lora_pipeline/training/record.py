@@ -13,6 +13,8 @@ folder found under the current training_runs wins over the one recorded. Records
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -81,6 +83,22 @@ class RunRecord:
     pending: list[str] = field(default_factory=list)  # checkpoint files still being written
     ignored: list[str] = field(default_factory=list)  # files refused (pickles) or unreadable
     extra: dict[str, Any] = field(default_factory=dict)  # trainer-specific facts kept as read
+
+    def facts_version(self) -> str:
+        """A hash of what the run says about every one of its checkpoints (base, trigger, network,
+        settings, dataset link, run-level findings), without the checkpoint list, the loss log and the
+        step count so far: the `training_run` asset's data version. A new checkpoint changes the run's
+        fingerprint (it is ingested again) but not this, so the run's other checkpoints stay fresh."""
+        d = asdict(self)
+        files = {c.path for c in self.checkpoints} | {a for c in self.checkpoints for a in c.aliases}
+        for k in ("checkpoints", "loss", "steps", "epochs", "pending", "ignored", "config_files", "sources",
+                  "conflicts", "folder"):
+            d.pop(k, None)
+        for ref in ("base_model", "dataset"):  # where the workspace sits is not a fact about the run
+            (d.get(ref) or {}).pop("path", None)
+        d["findings"] = sorted((f.code, f.severity, f.message) for f in self.findings if f.subject not in files)
+        blob = json.dumps(d, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:32]
 
     def checkpoint(self, checkpoint_id: str) -> CheckpointRecord | None:
         return next((c for c in self.checkpoints if c.checkpoint_id == checkpoint_id), None)

@@ -113,28 +113,43 @@ def loss_from_logs(folder: Path) -> tuple[list[tuple[int, float]], str | None]:
     return [], None
 
 
+def _varint_bytes(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _ld(num: int, payload: bytes) -> bytes:
+    return _varint_bytes(num << 3 | 2) + _varint_bytes(len(payload)) + payload
+
+
+def scalar_record(tag: str, step: int, value: float, wall_time: float = 0.0) -> bytes:
+    """One TFRecord-framed Event holding one scalar, with masked CRC32C checksums (as TensorBoard writes)."""
+    val = _ld(1, tag.encode()) + _varint_bytes(2 << 3 | 5) + struct.pack("<f", value)
+    event = _varint_bytes(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint_bytes(2 << 3 | 0) + _varint_bytes(step)
+    event += _ld(5, _ld(1, val))
+    head = struct.pack("<Q", len(event))
+    return head + struct.pack("<I", _masked_crc(head)) + event + struct.pack("<I", _masked_crc(event))
+
+
 def write_scalars(path: Path, tag: str, points: list[tuple[int, float]], wall_time: float = 0.0) -> None:
     """Write a TFRecord events file with masked CRC32C checksums (test fixtures, demo)."""
-
-    def varint(n: int) -> bytes:
-        out = bytearray()
-        while True:
-            b = n & 0x7F
-            n >>= 7
-            out.append(b | (0x80 if n else 0))
-            if not n:
-                return bytes(out)
-
-    def ld(num: int, payload: bytes) -> bytes:
-        return varint(num << 3 | 2) + varint(len(payload)) + payload
-
     with open(path, "wb") as f:
         for step, value in points:
-            val = ld(1, tag.encode()) + varint(2 << 3 | 5) + struct.pack("<f", value)
-            event = varint(1 << 3 | 1) + struct.pack("<d", wall_time) + varint(2 << 3 | 0) + varint(step)
-            event += ld(5, ld(1, val))
-            head = struct.pack("<Q", len(event))
-            f.write(head + struct.pack("<I", _masked_crc(head)) + event + struct.pack("<I", _masked_crc(event)))
+            f.write(scalar_record(tag, step, value, wall_time))
+
+
+def append_scalars(path: Path, values: dict[str, float], step: int, wall_time: float) -> None:
+    """Append one step's scalars to an events file, as a trainer logging to TensorBoard does (kohya
+    sd-scripts: `loss/current`, `loss/average` under `--logging_dir`); a reader sees whole records
+    only (a torn last record ends `read_scalars` quietly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as f:
+        f.write(b"".join(scalar_record(tag, step, v, wall_time) for tag, v in values.items()))
 
 
 _CRC_TABLE: list[int] = []

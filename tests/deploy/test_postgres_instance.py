@@ -10,6 +10,8 @@ from urllib.parse import urlparse
 
 import dagster as dg
 
+from assets.partitions import has_checkpoint_partition
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -54,7 +56,7 @@ def test_pipeline_runs_with_postgres_instance_storage(postgres_url, tmp_path, mo
         assert len(run_ids) >= 4
         ck = summary.checkpoints[0]
         assert instance.get_latest_materialization_event(dg.AssetKey("eval_renders")) is not None
-        assert instance.has_dynamic_partition("checkpoints", ck)
+        assert has_checkpoint_partition(instance, ck)
     # The rows are in PostgreSQL itself, not in a local sqlite file.
     with psycopg2.connect(postgres_url) as conn, conn.cursor() as cur:
         cur.execute("SELECT run_id FROM runs")

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from lora_pipeline.storage import checkpoint_partition_key
 from tests.evaluate.conftest import write_config
 
 
@@ -42,7 +43,7 @@ def test_run_copied_just_now_is_evaluated_by_one_evaluate(tmp_path, toy_base, to
     waits: list[float] = []
     summary = materialize(config, sleep=waits.append)  # nothing writes: the wait itself is not needed
     run = three_checkpoint_run.name
-    keys = {f"{run}~step-0000000{s}" for s in (2, 4, 6)}
+    keys = {checkpoint_partition_key(run, f"step-0000000{s}") for s in (2, 4, 6)}
     assert waits == [config.checks.checkpoint_recheck_seconds]  # one re-check for all the young files
     assert set(summary.checkpoints) == keys and not summary.left and not summary.failed
     assert _evaluated(config) == keys
@@ -85,7 +86,8 @@ def test_file_still_written_is_listed_not_evaluated_and_the_rest_is(tmp_path, to
     assert "size/mtime changed" in by_file[moving.name] and "header incomplete" in by_file[half.name]
     assert all("re-run `lora-pipeline evaluate` once it stops changing; the sensor picks it up within 60 s"
                in line for line in left)
-    assert _evaluated(load_config(cfg)) == {f"{run.name}~step-00000002", f"{run.name}~step-00000004"}
+    assert _evaluated(load_config(cfg)) == {checkpoint_partition_key(run.name, "step-00000002"),
+                                          checkpoint_partition_key(run.name, "step-00000004")}
 
 
 def test_summary_counts_files_being_written_and_truncated_files_apart(tmp_path):

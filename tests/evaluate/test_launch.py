@@ -11,6 +11,9 @@ from pathlib import Path
 
 import dagster as dg
 
+from assets.partitions import add_checkpoint_partitions
+from lora_pipeline.storage import checkpoint_partition_key, split_checkpoint_partition_key
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -35,8 +38,7 @@ def test_backfill_of_old_partitions_one_failing_others_complete(workspace):
     keys = _checkpoint_keys(config, run_id)
     assert len(keys) == 3
     with _instance(config) as inst:  # partitions the sensor added long ago, never evaluated
-        inst.add_dynamic_partitions("training_runs", [run_id])
-        inst.add_dynamic_partitions("checkpoints", keys)
+        add_checkpoint_partitions(inst, keys)
     broken = Path(next(c for c in _record_checkpoints(config, run_id) if c.endswith("2.safetensors")))
     pipeline.clear_cache()
 
@@ -47,14 +49,14 @@ def test_backfill_of_old_partitions_one_failing_others_complete(workspace):
 
     summary = materialize(config, progress=progress)
     failed = {(o.asset, o.partition): o.reason for o in summary.failed}
-    bad = f"{run_id}~step-00000002"
+    bad = checkpoint_partition_key(run_id, "step-00000002")
     assert ("lora_checkpoint", bad) in failed and "safetensors" in failed[("lora_checkpoint", bad)].lower()
     assert all(p == bad for _a, p in failed), failed
     assert all("\n" not in r for r in failed.values())
     ok = [k for k in keys if k != bad]
     for k in ok:
         assert {o.asset for o in summary.materialized if o.partition == k} >= {"lora_checkpoint", "eval_renders"}
-        run, ck = k.split("~")
+        run, ck = split_checkpoint_partition_key(k)
         assert (Storage(config.storage).renders_dir(run, ck) / "evaluation.json").is_file()
     assert summary.base_loads == 1  # one process, one base load for every checkpoint
     assert any(line.startswith(f"FAILED lora_checkpoint[{bad}]") for line in summary.lines())
@@ -97,7 +99,7 @@ def test_dagster_job_backfill_over_checkpoint_partitions(workspace):
     config, run_id = workspace
     keys = _checkpoint_keys(config, run_id)
     with _instance(config) as inst:
-        inst.add_dynamic_partitions("checkpoints", keys)
+        add_checkpoint_partitions(inst, keys)
     env = {**os.environ, "DAGSTER_HOME": str(config.root / ".dagster"), "LORA_PIPELINE_CONFIG": str(config.source)}
     proc = subprocess.run([sys.executable, "-m", "dagster", "job", "backfill", "-w", "workspace.yaml",
                            "-j", "checkpoint_job", "--partitions", ",".join(keys[:2]), "--noprompt"],

@@ -23,6 +23,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from lora_pipeline.storage import checkpoint_partition_key
 from tests.evaluate.conftest import write_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,7 +91,7 @@ def test_killed_evaluate_is_closed_and_the_next_one_redoes_its_checkpoint(tmp_pa
     assert beat.exists()  # killed mid-render: the heartbeat stays, with no output
     with _instance(cfg) as inst:
         stuck = _unfinished(inst)
-        assert [r.tags.get("dagster/partition") for r in stuck] == [f"{run}~{KEYS[1]}"]
+        assert [r.tags.get("dagster/partition") for r in stuck] == [checkpoint_partition_key(run, KEYS[1])]
         assert [s.run_id for s in inst.event_log_storage.get_concurrency_info("gpu").claimed_slots] \
             == [stuck[0].run_id]  # the only gpu slot is held by the dead run
 
@@ -106,7 +107,7 @@ def test_killed_evaluate_is_closed_and_the_next_one_redoes_its_checkpoint(tmp_pa
         dead = inst.get_run_by_id(stuck[0].run_id)
         assert dead.status == dg.DagsterRunStatus.FAILURE
         assert inst.event_log_storage.get_concurrency_info("gpu").claimed_slots == []
-        assert inst.get_materialized_partitions(dg.AssetKey("eval_renders")) == {f"{run}~{k}" for k in KEYS}
+        assert inst.get_materialized_partitions(dg.AssetKey("eval_renders")) == {checkpoint_partition_key(run, k) for k in KEYS}
     redone = _evaluation(cfg, run, KEYS[1])
     lost = [f for f in redone["findings"] if f["code"] == "OPERATIONAL.WORKER_LOST"]
     assert len(lost) == 1 and lost[0]["severity"] == "info" and lost[0]["evidence"]["recovered"] is True
@@ -145,7 +146,7 @@ def test_wait_for_a_pool_slot_names_its_holder_and_signals_end_a_launch_at_once(
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
         with _instance(cfg) as inst:
-            holder = _holder_run(inst, config, sleeper.pid, f"{run}~{KEYS[0]}")
+            holder = _holder_run(inst, config, sleeper.pid, checkpoint_partition_key(run, KEYS[0]))
         proc = _evaluate(cfg)
         lines = []
         for line in proc.stderr:  # the launch goes as far as the first render step, then waits
@@ -203,11 +204,11 @@ def test_two_evaluates_at_once_both_succeed_with_one_evaluation_each(tmp_path, t
         assert f"pid {procs[1 - i].pid} on host" in err
     with _instance(cfg) as inst:
         assert _unfinished(inst) == []
-        keys = {f"{run}~{k}" for k in KEYS}
+        keys = {checkpoint_partition_key(run, k) for k in KEYS}
         assert inst.get_materialized_partitions(dg.AssetKey("eval_renders")) == keys
         evals = inst.fetch_materializations(dg.AssetKey("eval_renders"), limit=100).records
         assert sorted(r.partition_key for r in evals) == sorted(keys)  # each evaluated once, not twice
-        assert inst.get_dynamic_partitions("checkpoints") == sorted(keys)
+        assert inst.get_dynamic_partitions("checkpoint_ids") == sorted(KEYS)
     assert {_evaluation(cfg, run, k)["verdict"] for k in KEYS} <= {"ok", "quality_problem", "training_problem"}
 
 
@@ -275,10 +276,10 @@ def test_runs_lost_by_their_heartbeats_and_a_dead_launchs_pending_claim_are_free
             runs[key] = str(uuid.uuid4())
             inst.add_run(dg.DagsterRun(job_name="checkpoint_job", run_id=runs[key],
                                        status=dg.DagsterRunStatus.STARTED,
-                                       tags={"dagster/partition": f"{run}~{key}"}))
+                                       tags={"dagster/partition": checkpoint_partition_key(run, key)}))
         legacy = str(uuid.uuid4())
         inst.add_run(dg.DagsterRun(job_name="__ASSET_JOB", run_id=legacy, status=dg.DagsterRunStatus.STARTED,
-                                   tags={LAUNCH_TAG: "materialize", "dagster/partition": f"{run}~{KEYS[2]}"}))
+                                   tags={LAUNCH_TAG: "materialize", "dagster/partition": checkpoint_partition_key(run, KEYS[2])}))
         started = inst.get_run_record_by_id(runs[KEYS[0]]).create_timestamp.timestamp()
         for key, when in ((KEYS[0], started + 5), (KEYS[1], started - 3600)):  # its own / an earlier run's
             atomic_write_json(Path(config.storage) / "renders" / run / key / ops.HEARTBEAT_DIR / "base__0-5.json",

@@ -8,7 +8,8 @@ import shutil
 
 import dagster as dg
 
-from lora_pipeline.storage import checkpoint_partition_key
+from assets.partitions import add_checkpoint_partitions
+from lora_pipeline.storage import checkpoint_partition_key, split_checkpoint_partition_key
 
 
 def _workspace(tmp_path, toy_base, native_run, toy_dataset):
@@ -77,7 +78,7 @@ def test_one_run_three_checkpoints_loads_the_base_once(tmp_path, toy_base, nativ
     pipeline.clear_cache()
     before = DiffusionRuntime.base_loads()
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("checkpoints", keys)
+        add_checkpoint_partitions(instance, keys)
         result = defs.resolve_job_def("evaluation").execute_in_process(
             instance=instance, tags={"dagster/asset_partition_range_start": keys[0],
                                      "dagster/asset_partition_range_end": keys[-1]})
@@ -89,9 +90,9 @@ def test_one_run_three_checkpoints_loads_the_base_once(tmp_path, toy_base, nativ
         logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
     assert DiffusionRuntime.base_loads() - before == 1
     assert all(not v for v in DiffusionRuntime.adapters_loaded().values())
-    assert any("pipeline load cold" in m for m in logs) and any("denoise step 2/2" in m for m in logs)
+    assert any("pipeline load cold" in m for m in logs) and any("denoise step 1/2" in m for m in logs)
     for key in keys:
-        ck = key.split("~")[1]
+        ck = split_checkpoint_partition_key(key)[1]
         doc = json.loads((tmp_path / "storage" / "renders" / "run-native" / ck / "evaluation.json").read_text())
         assert doc["verdict"] == "ok", doc["findings"]
         assert doc["provenance"]["dagster_run_id"] == result.run_id
@@ -102,9 +103,9 @@ def test_missing_run_record_is_a_one_line_failure(tmp_path, toy_base, native_run
     cfg, _ = _workspace(tmp_path, toy_base, native_run, toy_dataset)
     defs = _defs(cfg)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("checkpoints", ["nope~step-00000001"])
+        add_checkpoint_partitions(instance, ["step-00000001|nope"])
         result = defs.resolve_job_def("evaluation").execute_in_process(
-            instance=instance, partition_key="nope~step-00000001", raise_on_error=False)
+            instance=instance, partition_key="step-00000001|nope", raise_on_error=False)
     assert not result.success
     failure = result.failure_data_for_node("eval_renders")
     assert "no run record for run 'nope'" in failure.user_failure_data.description

@@ -48,9 +48,9 @@ def test_sensor_adds_new_partitions_requests_once_and_skips_half_written(defs, w
         r1 = _tick(defs, instance)
         adds = {req.partitions_def_name: sorted(req.partition_keys) for req in r1.dynamic_partitions_requests}
         assert adds == {"training_runs": ["empty-run", "native_run"],
-                        "checkpoints": ["native_run~step-00000003", "native_run~step-00000006"]}
+                        "checkpoint_ids": ["step-00000003", "step-00000006"]}
         ck = [rr for rr in r1.run_requests if rr.job_name == CHECKPOINT_JOB]
-        assert sorted(rr.partition_key for rr in ck) == adds["checkpoints"]
+        assert sorted(rr.partition_key for rr in ck) == ["step-00000003|native_run", "step-00000006|native_run"]
         assert all(rr.run_key.endswith("@" + rr.tags["lora_pipeline/sha256"]) for rr in ck)
         assert sorted(rr.partition_key for rr in r1.run_requests if rr.job_name == RUN_JOB) == adds["training_runs"]
         _apply(defs, instance, r1)
@@ -60,13 +60,13 @@ def test_sensor_adds_new_partitions_requests_once_and_skips_half_written(defs, w
         r3 = _tick(defs, instance)
         assert isinstance(r3, dg.SkipReason)
         r4 = _tick(defs, instance)
-        assert [req.partition_keys for req in r4.dynamic_partitions_requests] == [["native_run~step-00000009"]]
+        assert [req.partition_keys for req in r4.dynamic_partitions_requests] == [["step-00000009"]]
         assert [rr.partition_key for rr in r4.run_requests if rr.job_name == CHECKPOINT_JOB] == \
-            ["native_run~step-00000009"]
+            ["step-00000009|native_run"]
         _apply(defs, instance, r4)
         assert isinstance(_tick(defs, instance), dg.SkipReason)
-        assert instance.get_dynamic_partitions("checkpoints") == [
-            "native_run~step-00000003", "native_run~step-00000006", "native_run~step-00000009"]
+        assert instance.get_dynamic_partitions("checkpoint_ids") == [
+            "step-00000003", "step-00000006", "step-00000009"]
 
 
 def test_materialize_training_run_and_lora_checkpoint(defs, workspace, native_run):
@@ -80,15 +80,15 @@ def test_materialize_training_run_and_lora_checkpoint(defs, workspace, native_ru
     assets = [defs.get_assets_def("training_run"), defs.get_assets_def("lora_checkpoint")]
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("training_runs", ["native_run"])
-        instance.add_dynamic_partitions("checkpoints", ["native_run~step-00000006"])
+        instance.add_dynamic_partitions("checkpoint_ids", ["step-00000006"])
         r1 = dg.materialize(assets[:1], partition_key="native_run", instance=instance,
                             resources={"settings": settings})
-        r2 = dg.materialize(assets[1:], partition_key="native_run~step-00000006", instance=instance,
+        r2 = dg.materialize(assets[1:], partition_key="step-00000006|native_run", instance=instance,
                             resources={"settings": settings})
         assert r1.success and r2.success
         (m1,) = r1.asset_materializations_for_node("training_run")
-        assert m1.metadata["loss_curve"].value.startswith("![loss](data:image/png;base64,")
-        assert "TRAINING.AGGRESSIVE_SETTINGS" in m1.metadata["findings"].value
+        assert "](/logs/lora_pipeline/runs/native_run/loss-" in m1.metadata["loss_curve"].value  # inline in the UI
+        assert "TRAINING.AGGRESSIVE_SETTINGS" in {r.data["code"] for r in m1.metadata["findings"].value.records}
         (m2,) = r2.asset_materializations_for_node("lora_checkpoint")
     storage = Storage(workspace[1].storage)
     doc = json.loads(storage.run_record("native_run").read_text())

@@ -22,7 +22,7 @@ def test_native(runs_dir, workspace, native_run, toy_base):
     assert (r.trigger, r.rank, r.alpha, r.learning_rate, r.steps, r.resolution) == (fx.TRIGGER, 4, 8.0, 5e-3, 6, 64)
     assert [s for s, _ in r.loss] == [1, 2, 3, 4, 5, 6] and all(math.isfinite(v) for _, v in r.loss)
     assert r.dataset.name == "products" and r.images == 8
-    assert r.checkpoints[-1].final and r.checkpoints[0].partition_key == "native_run~step-00000003"
+    assert r.checkpoints[-1].final and r.checkpoints[0].partition_key == "step-00000003|native_run"
     assert all(len(c.sha256) == 64 and c.size > 0 and c.total_delta_norm > 0 for c in r.checkpoints)
     assert "TRAINING.CONFIG_UNKNOWN" not in _codes(r) and not r.conflicts
 
