@@ -327,7 +327,9 @@ def probe_delta(pipe: Any, name: str) -> dict[str, Any]:
     if "unet" in in_place:
         unet = pipe.unet
         cfg = unet.config
-        side = max(8, min(int(cfg.sample_size if isinstance(cfg.sample_size, int) else 32), 32))
+        # The smallest latent every down block accepts: the probe proves the adapter changes the output,
+        # and every attention/conv layer runs at any size, so a render-sized latent only costs time.
+        side = max(8, 2 ** (len(cfg.block_out_channels) - 1))
         dev, dt = unet.device, unet.dtype
         lat = torch.randn((1, cfg.in_channels, side, side), generator=g).to(dev, dt)
         enc = torch.randn((1, 77, int(cfg.cross_attention_dim)), generator=g).to(dev, dt)

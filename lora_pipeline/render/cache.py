@@ -70,6 +70,7 @@ class CachedRender:
     key: str
     image: Any  # PIL image (decoded, RGB)
     entry: dict[str, Any]  # the sidecar
+    encoded: bytes = b""  # the PNG file's bytes (its pixels are reused without encoding them again)
 
 
 class RenderCache:
@@ -100,7 +101,8 @@ class RenderCache:
 
         try:
             entry = json.loads(side.read_text("utf-8"))
-            with Image.open(png) as im:
+            encoded = png.read_bytes()
+            with Image.open(io.BytesIO(encoded)) as im:
                 im.load()  # decode every byte: a truncated file fails here
                 chunk = json.loads((getattr(im, "text", {}) or {}).get(MANIFEST_CHUNK) or "{}")
                 image = im.convert("RGB")
@@ -110,9 +112,10 @@ class RenderCache:
             return None
         if pixels_sha256(image) != entry.get("pixels_sha256"):
             return None
-        return CachedRender(key, image, entry)
+        return CachedRender(key, image, entry, encoded)
 
-    def put(self, key: str, image: Any, entry: dict[str, Any]) -> dict[str, Any]:
+    def put(self, key: str, image: Any, entry: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """Store the render; returns (its sidecar, the encoded PNG) so the caller encodes it only once."""
         from PIL.PngImagePlugin import PngInfo
 
         from lora_pipeline.render.manifest import MANIFEST_CHUNK
@@ -125,7 +128,7 @@ class RenderCache:
         image.save(buf, format="PNG", pnginfo=info)
         atomic_write_bytes(self.png(key), buf.getvalue())
         atomic_write_json(self.sidecar(key), entry)
-        return entry
+        return entry, buf.getvalue()
 
     def remove(self, key: str) -> None:
         self.png(key).unlink(missing_ok=True)

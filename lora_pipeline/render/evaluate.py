@@ -41,6 +41,7 @@ from lora_pipeline.render.render_one import RenderRequest, render_image, setting
 from lora_pipeline.render.spec import ARMS, LORA_ARMS, BaseChoice, CheckpointInput, EvalSpec, RunFacts
 
 EVALUATION_FILE = "evaluation.json"
+SLOW_S = 5.0  # a render phase this long is logged as it ends; denoise progress at most this often
 _ADAPTER_SEQ = itertools.count(1)
 # Findings of the LoRA contract: any of these (severity error) skips the LoRA arms.
 LORA_CONTRACT = {"RUNTIME.BASE_MODEL_MISMATCH", "RUNTIME.LORA_MISSING", "RUNTIME.LORA_INVALID",
@@ -280,16 +281,17 @@ class _Evaluation:
             if hit is not None:
                 cache.HITS[arm] += 1
                 out = documents.output_from_entry(hit.image, hit.entry)
-                self.log(f"{arm} {req.name}: render cache hit {key[:12]}")
-                self._keep(req, png, out, hit.entry.get("timings") or {}, lora, template, key, "hit")
+                self._keep(req, png, out, hit.entry.get("timings") or {}, lora, template, key, "hit", hit.encoded)
                 return out.image
         got = self._render_now(req, png, keep_file)
         if got is None or not keep_file:
             return got
         out, timings = got
+        encoded = None
         if key is not None:
-            self.cache.put(key, out.image, documents.cache_entry(self._key_fields(req, lora), out, timings))
-        self._keep(req, png, out, timings, lora, template, key, "miss" if key else None)
+            _entry, encoded = self.cache.put(key, out.image,
+                                             documents.cache_entry(self._key_fields(req, lora), out, timings))
+        self._keep(req, png, out, timings, lora, template, key, "miss" if key else None, encoded)
         return out.image
 
     def _key_fields(self, req: RenderRequest, lora: dict[str, Any] | None) -> dict[str, Any]:
@@ -306,13 +308,18 @@ class _Evaluation:
     def _render_now(self, req: RenderRequest, png: Path, keep_file: bool) -> tuple[Any, dict] | Any | None:
         inp, pipe, arm, pi, seed = self.inp, self.entry.pipe, req.arm, req.prompt_index, req.seed
         label = f"{arm} {req.name}"
-        clock = ops.PhaseClock(lambda prev, new, s: prev not in ("start", "save") and self.log(f"{label}: {prev} {s:.3f}s"))
+        # Each log line is an event-log write (tens of ms on sqlite), so a fast render gets one line (in
+        # _keep, with its phase timings); a slow one also says each phase as it ends and its denoise
+        # progress every SLOW_S, so a long warm-up is never mistaken for a stall.
+        clock = ops.PhaseClock(lambda prev, new, s: prev not in ("start", "save") and s >= SLOW_S
+                               and self.log(f"{label}: {prev} {s:.3f}s"))
         hb = ops.Heartbeat(inp.out_dir, f"{arm}__{req.name}", png) if keep_file else None
-        total = inp.spec.steps
-        quarter = max(1, total // 4)
+        said = [time.perf_counter()]
 
         def on_step(i: int, n: int) -> None:
-            if i == n or i % quarter == 0:
+            now = time.perf_counter()
+            if (i == 1 and self.entry.calls == 0) or now - said[0] >= SLOW_S:  # the first render: warm-up
+                said[0] = now
                 self.log(f"{label}: denoise step {i}/{n}")
 
         t0 = time.perf_counter()
@@ -347,7 +354,7 @@ class _Evaluation:
         return out, timings
 
     def _keep(self, req: RenderRequest, png: Path, out: Any, timings: dict[str, float], lora: dict[str, Any] | None,
-              template: str, key: str | None, cache_state: str | None) -> None:
+              template: str, key: str | None, cache_state: str | None, encoded: bytes | None = None) -> None:
         """Check the settings, write the checkpoint's copy (PNG with both chunks + sidecar), record it."""
         inp, arm, pi, seed = self.inp, req.arm, req.prompt_index, req.seed
         changes = settings_changes(inp.spec, req, out, self.scheduler)
@@ -362,9 +369,11 @@ class _Evaluation:
         if key is not None:
             m.update(render_key=key, render_cache=cache_state)
         ts = time.perf_counter()
-        manifest.write_render(png, out.image, m)
+        manifest.write_render(png, out.image, m, encoded=encoded or None)
         save_s = time.perf_counter() - ts
-        self.log(f"{arm} {req.name}: save {save_s:.3f}s -> {png.relative_to(inp.out_dir)}")
+        phases = ", ".join(f"{k} {v:.3f}s" for k, v in timings.items())
+        how = f"render cache hit {key[:12]}" if cache_state == "hit" and key else phases
+        self.log(f"{arm} {req.name}: {how}, save {save_s:.3f}s -> {png.relative_to(inp.out_dir)}")
         self.manifests.append(m)
         self.images[(pi, seed, arm)] = out.image
         if key is not None:

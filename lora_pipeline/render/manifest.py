@@ -165,9 +165,54 @@ def png_bytes(image: Any, manifest: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def write_render(png_path: Path, image: Any, manifest: dict[str, Any]) -> Path:
-    """PNG (with both chunks) and sidecar JSON, each atomically; the sidecar last."""
-    data = png_bytes(image, manifest)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TEXT_CHUNKS = {b"tEXt", b"zTXt", b"iTXt"}
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_with_text(encoded: bytes, texts: dict[str, str]) -> bytes:
+    """`encoded` (a PNG we wrote) with its text chunks replaced by `texts`, placed before the first
+    IDAT as PIL places them: the pixels are not encoded again (one PNG encode per image: the render
+    cache's file gives the checkpoint's copy its pixels). tEXt when Latin-1, else iTXt (UTF-8)."""
+    import struct
+
+    if not encoded.startswith(_PNG_SIGNATURE):
+        raise ValueError("not a PNG")
+    out, pos, placed = [_PNG_SIGNATURE], len(_PNG_SIGNATURE), False
+    while pos + 8 <= len(encoded):
+        (n,) = struct.unpack(">I", encoded[pos:pos + 4])
+        kind, end = encoded[pos + 4:pos + 8], pos + 12 + n
+        if end > len(encoded):
+            raise ValueError("truncated PNG")
+        if kind == b"IDAT" and not placed:
+            for key, value in texts.items():
+                try:
+                    out.append(_chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")))
+                except UnicodeEncodeError:
+                    out.append(_chunk(b"iTXt", key.encode("latin-1") + b"\0\0\0\0\0" + value.encode("utf-8")))
+            placed = True
+        if kind not in _TEXT_CHUNKS:
+            out.append(encoded[pos:end])
+        pos = end
+    if not placed:
+        raise ValueError("PNG without IDAT")
+    return b"".join(out)
+
+
+def write_render(png_path: Path, image: Any, manifest: dict[str, Any], encoded: bytes | None = None) -> Path:
+    """PNG (with both chunks) and sidecar JSON, each atomically; the sidecar last. With `encoded` (the
+    same pixels already PNG-encoded, e.g. the render cache's file) only the text chunks are written anew."""
+    if encoded is not None:
+        data = png_with_text(encoded, {PARAMETERS_CHUNK: infotext.infotext(manifest),
+                                       MANIFEST_CHUNK: json.dumps(manifest, sort_keys=True, ensure_ascii=True)})
+    else:
+        data = png_bytes(image, manifest)
     atomic_write_bytes(png_path, data)
     atomic_write_json(png_path.with_suffix(".json"), manifest)
     return png_path
