@@ -1,8 +1,8 @@
 """`lora-pipeline`: the command line (CONTRACT section 6).
 
-Exit codes: 0 done (findings are not failures), 1 the work failed, 2 bad usage or bad config, 130 /
-143 interrupted by SIGINT / SIGTERM, each failure as one line naming the file, key or argument, never
-a bare traceback.
+Exit codes: 0 done (findings are not failures), 1 the work failed (and `diagnose --fail-on LEVEL`: a
+selected checkpoint reached LEVEL), 2 bad usage or bad config, 130 / 143 interrupted by SIGINT /
+SIGTERM, each failure as one line naming the file, key or argument, never a bare traceback.
 Nothing heavy is imported here: each command's module imports what it needs when it runs.
 """
 
@@ -16,14 +16,17 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo_cmd", "build the demo workspace and run the whole asset graph on it"),
     "evaluate": ("evaluate_cmd", "materialize what is missing or stale for runs and checkpoints"),
-    "diagnose": ("diagnose_cmd", "print the findings of the latest reports"),
+    "backfill": ("backfill_cmd", "queue a Dagster backfill of checkpoint_job for the daemon (the UI's) to run"),
+    "diagnose": ("diagnose_cmd", "print the findings of the latest reports (--fail-on: gate a release)"),
     "trace": ("trace_cmd", "walk back from a render to its checkpoint, run, snapshot and source files"),
-    "review": ("review_cmd", "append a review decision for a run or checkpoint"),
+    "review": ("review_cmd", "append a review decision for a run or checkpoint (its reports updated)"),
     "check-dataset": ("check_dataset_cmd", "run the dataset checks on a folder (no config, no Dagster)"),
     "inspect": ("inspect_cmd", "show a LoRA file's format, metadata, ranks, norms and likely base"),
     "toy-base": ("toy_base_cmd", "write a tiny random-weight model of a family: sd1, sdxl, sd3, flux1, flux2 (diffusers folder)"),
     "toy-train": ("toy_train_cmd", "train a real LoRA with peft and write a run folder"),
     "ui": ("ui_cmd", "open the Dagster UI (127.0.0.1) on the instance the CLI uses"),
+    "env": ("env_cmd", "print export lines (DAGSTER_HOME, config, workspace) for the dagster CLI: "
+                       'eval "$(lora-pipeline env)"'),
 }
 
 

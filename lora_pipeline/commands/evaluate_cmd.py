@@ -1,9 +1,15 @@
 """`lora-pipeline evaluate [--run ID]... [--checkpoint ID]... [--all]`: discover datasets, runs and
 checkpoints and materialize what is missing or stale for them, through Dagster, in the instance the
-UI reads (assets/launch.py). Exit 0 when every partition materialized or was up to date; exit 1 with
-the summary and one line per failed partition (its root cause) otherwise; exit 2 for an unknown run or
-checkpoint; 130 / 143 on Ctrl-C / SIGTERM, at once, even while waiting. Waits (another launch holds
-the instance, a pool slot is taken) and lost runs closed are said once each, on stderr, as they happen."""
+UI reads (assets/launch.py).
+
+It then says what it did (stdout, lora_pipeline/commands/_summary.py): per checkpoint what this launch
+did (new, stale with the reason, up to date, FAILED with the reason), the verdict (with the latest
+review beside it) and the main finding; per run the run verdict, the best checkpoint and the report
+path; and the one next command to look closer. Exit 0 when every partition materialized or was up to
+date (findings are not failures); exit 1 with the same summary and one line per failed partition (its
+root cause, on stderr) otherwise; exit 2 for an unknown run or checkpoint; 130 / 143 on Ctrl-C /
+SIGTERM, at once, even while waiting. Waits (another launch holds the instance, a pool slot is taken)
+and lost runs closed are said once each, on stderr, as they happen."""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", metavar="ID", action="append", default=[], help="only this run (repeatable)")
     p.add_argument("--checkpoint", metavar="ID", action="append", default=[],
-                   help="only this checkpoint: its id (step-00000500) or partition key (run~step-...); repeatable")
+                   help="only this checkpoint: its id (step-00000500) or partition key (step-...|run); repeatable")
     p.add_argument("--all", action="store_true",
                    help="materialize everything selected again, not only what is missing or stale "
                         "(renders still come from the render cache when unchanged)")
@@ -40,7 +46,11 @@ def run(args: argparse.Namespace) -> int:
                                   include_all=args.all, progress=progress, say=say)
         except LaunchError as e:
             raise UsageError(str(e)) from None
+    from lora_pipeline.commands._summary import print_launch
+
     lines = summary.lines()
+    print_launch(config, summary, config_arg=args.config)
+    sys.stdout.flush()
     for line in lines[1:]:
         print(line, file=sys.stderr)
     if summary.failed:

@@ -1,7 +1,12 @@
 """`lora-pipeline review RUN [--checkpoint ID] --decision accept|reject|needs-work --note TEXT [--by NAME]`:
 append one decision to storage/reviews.jsonl, whole or not at all (fsynced; the file is never rewritten).
 A failed write (full disk, I/O error) exits 1 with one line naming the file and the cause; unreadable
-lines already in the log (torn by a crash) are reported as a warning on stderr."""
+lines already in the log (torn by a crash) are reported as a warning on stderr.
+
+Then the reports the decision touches are written again from the files already in storage (no render,
+no Dagster run): the checkpoint's report (every evaluated checkpoint's for a whole-run decision) and the
+run report when there is one, so report.json / report.html say `rejected` at once and a rejected
+checkpoint stops being the best. A report that cannot be rebuilt is a warning; the review stays recorded."""
 
 from __future__ import annotations
 
@@ -52,4 +57,34 @@ def run(args: argparse.Namespace) -> int:
     else:
         scope = f"{args.run_id}/{args.checkpoint}" if args.checkpoint else f"{args.run_id} (whole run)"
         print(f"recorded: {entry['decision']} {scope} by {entry['by']} -> {Storage(config.storage).reviews}")
+    updated = refresh_reports(config, record, args.checkpoint)
+    if updated and not args.json:
+        print(f"reports updated: {', '.join(updated)}")
     return 0
+
+
+def refresh_reports(config, record, checkpoint_id: str | None) -> list[str]:
+    """Rewrite the reports a review touches (module docstring); warnings on stderr."""
+    from lora_pipeline.report.diagnosis import (
+        EVALUATION_FILE,
+        REPORT_FILE,
+        ReportError,
+        write_checkpoint_report,
+    )
+    from lora_pipeline.report.run import write_run_report
+    from lora_pipeline.storage import Storage
+
+    storage = Storage(config.storage)
+    run_id, done = record.run_id, []
+    ids = [checkpoint_id] if checkpoint_id else [c.checkpoint_id for c in record.checkpoints]
+    try:
+        for ck in ids:
+            if (storage.renders_dir(run_id, ck) / EVALUATION_FILE).is_file():
+                write_checkpoint_report(config, run_id, ck)
+                done.append(f"{run_id}/{ck}")
+        if (storage.run_report_dir(run_id) / REPORT_FILE).is_file():
+            write_run_report(config, run_id)
+            done.append(f"{run_id} (run report)")
+    except (ReportError, OSError) as e:
+        print(f"warning: the review is recorded, but a report was not rewritten: {e}", file=sys.stderr)
+    return done
