@@ -2,7 +2,8 @@
 
 Harmless locally: the in-process and multiprocess executors ignore them. The k8s job executor reads
 `dagster-k8s/config` (one nvidia.com/gpu, GPU-node toleration: deploy/k8s/gpu_step.yaml); the celery
-executor reads `dagster-celery/queue`. Put them on the op or asset: celery-k8s ignores job tags.
+executor (deploy/celery/definitions.py) reads `dagster-celery/queue`, proven on a real broker and
+workers by tests/deploy/test_celery_engine.py. Put them on the op or asset: celery-k8s ignores job tags.
 """
 
 from __future__ import annotations

@@ -68,3 +68,44 @@ def postgres_url():
         subprocess.run([*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True,
                        timeout=60)
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    """A real, throwaway Redis broker (Debian's redis-server, installed by .ci/run) on a free loopback
+    port, no persistence, stopped afterwards. Skipped locally without redis-server; fails under CI."""
+    import time
+
+    server = shutil.which("redis-server")
+    if not server:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server not found: .ci/run must install the redis-server package")
+        pytest.skip("redis-server is not installed here (.ci/run installs it: apt-get install redis-server)")
+    base = Path(tempfile.mkdtemp(prefix="lora-redis-"))
+    port = _free_port()
+    log = base / "redis.log"
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(base), "--save", "",
+                             "--appendonly", "no", "--logfile", str(log), "--daemonize", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # ready when it answers PING on its port
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"redis-server did not start: {log.read_text()[-2000:] if log.exists() else ''}")
+            time.sleep(0.1)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        shutil.rmtree(base, ignore_errors=True)
