@@ -1,7 +1,9 @@
 """The layout of `storage` (CONTRACT section 3), in one place. Everything that reads or writes under
 the storage root asks this module for the path.
 
-    objects/<sha[:2]>/<sha>                         content-addressed store (read-only files)
+    objects/packs/<snapshot_id>-<hex>.pack          content-addressed store: packed objects (read-only;
+                                                    indexed by snapshots/<dataset>/<id>/objects.parquet)
+    objects/<sha[:2]>/<sha>                         loose objects (older workspaces, restored files)
     snapshots/<dataset>/<snapshot_id>/manifest.parquet (+ snapshot.json)
     runs/<run_id>/run.json                          the ingested, normalised run record
     checkpoints/<run_id>/<checkpoint_id>/analysis.json

@@ -125,13 +125,14 @@ def _has_child_with(folder: str, marker: str, limit: int = 64) -> bool:
 
 
 def _object_store(folder: str) -> bool:
-    """objects/<2 hex>/... and nothing else: the content-addressed store of a storage root."""
+    """objects/<2 hex>/... (loose objects) and objects/packs/ and nothing else: the content-addressed
+    store of a storage root."""
     try:
         with os.scandir(folder) as it:
             names = [e.name for n, e in zip(range(257), it, strict=False)]
     except OSError:
         return False
-    return bool(names) and all(re.fullmatch(r"[0-9a-f]{2}", n) or n.startswith(".") for n in names)
+    return bool(names) and all(re.fullmatch(r"[0-9a-f]{2}", n) or n == "packs" or n.startswith(".") for n in names)
 
 
 def pipeline_folder(path: str, names: set[str]) -> str | None:

@@ -10,13 +10,12 @@ mtimes, the machine or the folder's location.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import polars as pl
 
@@ -30,6 +29,7 @@ from lora_pipeline.dataset.guard import (
 )
 from lora_pipeline.dataset.images import DEFAULT_MAX_PIXELS, ImageInfo, probe_bytes
 from lora_pipeline.dataset.layout import (
+    CAPTION_EXTENSIONS,
     IMAGE_EXTENSIONS,
     METADATA_FILES,
     DatasetError,
@@ -41,12 +41,14 @@ from lora_pipeline.dataset.layout import (
 )
 from lora_pipeline.dataset.schema import manifest_frame
 
+if TYPE_CHECKING:
+    from lora_pipeline.dataset.pack import ObjectStore
+
 ID_VERSION = "lora-pipeline-snapshot-v1"
 RACY_MARGIN_NS = 2_000_000_000  # a file modified within 2 s of the last scan is re-hashed
 
 
-@dataclass(frozen=True)
-class FileStat:
+class FileStat(NamedTuple):  # a tuple: 40,000 of them are built on every re-snapshot
     size: int
     mtime_ns: int
     sha256: str
@@ -123,50 +125,6 @@ def content_id(files: dict[str, FileStat], refused: list[str] = ()) -> str:
     return hashlib.sha256((ID_VERSION + "\n" + "".join(lines)).encode()).hexdigest()[:20]
 
 
-class ObjectStore:
-    """objects/<sha[:2]>/<sha>: files written under a temporary name, made read-only, then renamed."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root) / "objects"
-        self._root_s = str(self.root)
-        self._dirs: set[str] = set()
-        self._lock = threading.Lock()
-
-    def path(self, sha: str) -> Path:
-        return self.root / sha[:2] / sha
-
-    def has(self, sha: str, size: int) -> bool:
-        try:
-            return os.stat(f"{self._root_s}/{sha[:2]}/{sha}").st_size == size
-        except OSError:
-            return False
-
-    def put(self, sha: str, data: bytes) -> bool:
-        """Store `data` (whose sha256 is `sha`); False when an intact copy is already there."""
-        if self.has(sha, len(data)):
-            return False
-        d = f"{self._root_s}/{sha[:2]}"
-        if sha[:2] not in self._dirs:
-            os.makedirs(d, exist_ok=True)
-            with self._lock:
-                self._dirs.add(sha[:2])
-        tmp = f"{d}/.{sha}.{os.getpid()}.{threading.get_ident()}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o444)  # read-only from birth
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-            os.replace(tmp, f"{d}/{sha}")
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return True
-
-
 def _read_text_file(path: str, cap: int) -> bytes:
     try:
         return read_capped(path, cap)
@@ -217,20 +175,24 @@ def scan_dataset(root: str | os.PathLike, *, cache: StatCache | None = None, ful
     probes: dict[str, ImageInfo] = {}
     texts: dict[str, tuple[str, bool]] = {}
     todo: list[tuple[str, int, bool]] = []
-    reused = 0
-    reused_images: list[tuple[str, int]] = []
+    # The stat cache test (StatCache.trusted) and the dataset-file test (is_dataset_file) inline: this
+    # loop runs once per file on every re-snapshot. Only dataset files are ever in the cache.
+    cached = {} if full_verify else cache.files
+    limit = cache.scanned_at_ns - RACY_MARGIN_NS
+    has = store.has if store is not None else None
+    splitext = os.path.splitext
     for rel, size, mtime_ns in entries:
-        if not is_dataset_file(rel):
-            continue
-        is_image = os.path.splitext(rel)[1].lower() in IMAGE_EXTENSIONS
-        old = None if full_verify else cache.trusted(rel, size, mtime_ns)
-        if old is not None and (store is None or store.has(old.sha256, old.size)):
+        old = cached.get(rel)
+        if old is not None and old.size == size and old.mtime_ns == mtime_ns and mtime_ns < limit \
+                and (has is None or has(old.sha256, size)):
             files[rel] = old
-            if is_image and probe_images:
-                reused_images.append((rel, mtime_ns))
-            reused += 1
             continue
-        todo.append((rel, mtime_ns, is_image))
+        name = rel.rsplit("/", 1)[-1]
+        ext = splitext(name)[1].lower()
+        is_image = ext in IMAGE_EXTENSIONS
+        if is_image or ext in CAPTION_EXTENSIONS or name in METADATA_FILES:
+            todo.append((rel, mtime_ns, is_image))
+    reused = len(files)
 
     def work(item: tuple[str, int, bool]) -> tuple:
         rel, mtime_ns, is_image = item
@@ -254,8 +216,12 @@ def scan_dataset(root: str | os.PathLike, *, cache: StatCache | None = None, ful
         if n_workers > 1 and len(items) > 64:
             from concurrent.futures import ThreadPoolExecutor
 
+            # batches, not one future per file: 40,000 futures cost more than the small files' work
+            size = max(8, min(256, len(items) // (8 * n_workers)))
             with ThreadPoolExecutor(n_workers) as pool:
-                done = list(pool.map(work, items, chunksize=32))
+                done = [r for batch in pool.map(lambda b: [work(i) for i in b],
+                                                (items[i:i + size] for i in range(0, len(items), size)))
+                        for r in batch]
         else:
             done = [work(item) for item in items]
         n_stored = 0
@@ -272,7 +238,8 @@ def scan_dataset(root: str | os.PathLike, *, cache: StatCache | None = None, ful
         return n_stored
 
     stored = run(todo)
-    files = dict(sorted(files.items()))
+    if todo:  # reused files come in the walk's (sorted) order
+        files = dict(sorted(files.items()))
     refused.sort()
     if not any(_is_image(rel) for rel in files) and not any(_is_image(parse_refusal(r)[0]) for r in refused):
         raise DatasetError(f"{display_path(str(root_p))}: no images found (png, jpg, jpeg, webp, bmp, any depth)")
@@ -289,7 +256,7 @@ def scan_dataset(root: str | os.PathLike, *, cache: StatCache | None = None, ful
     # one it does not hold is read again.
     cache.load()
     again = []
-    for rel, mtime_ns in reused_images:
+    for rel, mtime_ns in [(r, st.mtime_ns) for r, st in files.items() if r not in probes and _is_image(r)]:
         info = cache.images.get(files[rel].sha256)
         if info is None:
             again.append((rel, mtime_ns, True))

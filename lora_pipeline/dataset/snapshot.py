@@ -1,8 +1,13 @@
 """Dataset snapshots in `storage` (CONTRACT section 3) and source drift.
 
-    objects/<sha[:2]>/<sha>                       every image, caption and metadata file, stored once,
+    objects/packs/<snapshot_id>-<16 hex>.pack     every image, caption and metadata file a snapshot
+                                                  stored first, packed (lora_pipeline.dataset.pack),
                                                   read-only, shared across snapshots and datasets
+    objects/<sha[:2]>/<sha>                       loose objects (snapshots taken before packs; objects
+                                                  restored by full_verify)
     snapshots/<dataset>/<snapshot_id>/manifest.parquet   one row per image (lora_pipeline.dataset.schema)
+    snapshots/<dataset>/<snapshot_id>/objects.parquet    where each object of the snapshot lies: sha256,
+                                                  pack, offset, length (absent: every object loose)
     snapshots/<dataset>/<snapshot_id>/snapshot.json      source root, fingerprint, file list with
                                                   size/mtime/sha256, orphan captions, refused symlinks
     snapshots/<dataset>/latest.json               the latest snapshot of the dataset + the stat cache
@@ -18,8 +23,8 @@ Public API for other layers (training ingestion, trace):
   (lora_pipeline.dataset.integrity), a changed one is rewritten from the source when it still holds
   those bytes, and `.findings` names each changed object (PROVENANCE.INCOMPLETE).
 - `list_snapshots(storage_root, dataset) -> list[SnapshotInfo]`, oldest first; each has
-  `snapshot_id`, `created_at` (ISO UTC), `path`, `source_root` and `files` (relative path -> sha256
-  of every image, caption and metadata file).
+  `snapshot_id`, `created_at` (ISO UTC), `path`, `source_root`, `files` (relative path -> sha256
+  of every image, caption and metadata file) and `objects()` (where each is stored, an ObjectIndex).
 - `latest_snapshot(storage_root, dataset) -> SnapshotInfo | None`
 - `find_snapshot_matching(storage_root, dataset, files, exact=False) -> SnapshotInfo | None`: the
   newest snapshot (of `dataset`, or of any dataset when None) holding every given relative path with
@@ -31,7 +36,12 @@ Public API for other layers (training ingestion, trace):
   get now (hashes only files whose size or mtime changed since the last scan).
 - `current_scan(storage_root, dataset, source_root) -> Scan`: the folder's files now (size, mtime,
   sha256), with the same stat cache.
-- `object_path(storage_root, sha256) -> Path`: where a stored file lives.
+- `object_location(storage_root, sha256, snapshot=None) -> StoredObject | None`: where a stored file
+  lies (`file`, `offset`, `length`, `display`), as `snapshot` (a SnapshotInfo) names it, else anywhere.
+- `read_object(storage_root, sha256, snapshot=None) -> bytes` (lora_pipeline.dataset.integrity): a
+  stored file's bytes, checked against its sha256; `verify_object` re-hashes it.
+- `object_path(storage_root, sha256) -> Path`: the loose file of an object (snapshots taken before
+  packs); a packed object has no file of its own: use `object_location`.
 """
 
 from __future__ import annotations
@@ -49,9 +59,10 @@ import polars as pl
 from lora_pipeline.dataset.images import DEFAULT_MAX_PIXELS
 from lora_pipeline.dataset.integrity import Integrity, VerifyingObjectStore, verify_snapshot_objects
 from lora_pipeline.dataset.layout import DatasetError, DatasetListing
-from lora_pipeline.dataset.scan import FileStat, ObjectStore, Scan, StatCache, cache_from, scan_dataset
+from lora_pipeline.dataset.pack import INDEX_FILE, ObjectIndex, ObjectStore, StoredObject, object_location  # noqa: F401
+from lora_pipeline.dataset.scan import FileStat, Scan, StatCache, cache_from, scan_dataset
 from lora_pipeline.findings import Finding
-from lora_pipeline.fsutil import atomic_write_json
+from lora_pipeline.fsutil import atomic_write_text
 from lora_pipeline.storage import Storage
 
 SCHEMA_VERSION = 1
@@ -70,10 +81,17 @@ class SnapshotInfo:
     orphan_captions: list[str] = field(default_factory=list)
     refused_symlinks: list[str] = field(default_factory=list)
     metadata_decode_errors: list[str] = field(default_factory=list)
+    _objects: ObjectIndex | None = field(default=None, repr=False, compare=False)
 
     @property
     def manifest_path(self) -> Path:
         return self.path / "manifest.parquet"
+
+    def objects(self) -> ObjectIndex:
+        """Where each stored file of this snapshot lies (read once)."""
+        if self._objects is None:
+            self._objects = ObjectIndex.of_snapshot(self.path)
+        return self._objects
 
     def manifest(self) -> pl.DataFrame:
         return pl.read_parquet(self.manifest_path)
@@ -123,6 +141,7 @@ class Drift:
 
 
 def object_path(storage_root: str | os.PathLike, sha256: str) -> Path:
+    """The loose file of an object (snapshots taken before packs, objects restored by full_verify)."""
     return Storage(Path(storage_root)).object(sha256)
 
 
@@ -237,21 +256,28 @@ def take_snapshot(storage_root: str | os.PathLike, dataset: str, source_root: st
     _check_name(dataset)
     storage = Storage(Path(storage_root))
     cache, previous_id = _cache(storage, dataset, with_manifest=True)
-    integrity, store = _store(storage, dataset, full_verify)
-    # a re-snapshot of unchanged content needs no manifest: only stats and stored hashes
-    scan = scan_dataset(source_root, cache=cache, full_verify=full_verify, store=store,
-                        max_pixels=max_pixels, workers=workers,
-                        known_id=lambda sid: (storage.snapshot_dir(dataset, sid) / "snapshot.json").is_file())
-    sid = scan.content_id
-    folder = storage.snapshot_dir(dataset, sid)
-    created = False
-    if load_snapshot(storage.root, dataset, sid) is None:
-        if scan.frame is None:  # a snapshot folder is there but unreadable: build the manifest in full
-            scan = scan_dataset(source_root, cache=cache, full_verify=full_verify,
-                                store=store, max_pixels=max_pixels, workers=workers)
-        _write_snapshot(folder, dataset, sid, scan)
-        created = True
-    info = load_snapshot(storage.root, dataset, sid)
+    integrity, store = _store(storage, dataset, full_verify, previous_id)
+    known: list[str] = []  # the id known_id saw: when the scan stops there, its files did not change since
+    try:
+        # a re-snapshot of unchanged content needs no manifest: only stats and stored hashes
+        scan = scan_dataset(source_root, cache=cache, full_verify=full_verify, store=store,
+                            max_pixels=max_pixels, workers=workers, known_id=lambda sid: known.append(sid)
+                            or (storage.snapshot_dir(dataset, sid) / "snapshot.json").is_file())
+        sid = known[-1] if scan.frame is None and known else scan.content_id
+        folder = storage.snapshot_dir(dataset, sid)
+        created = False
+        info = load_snapshot(storage.root, dataset, sid)
+        if info is None:
+            if scan.frame is None:  # a snapshot folder is there but unreadable: build the manifest in full
+                scan = scan_dataset(source_root, cache=cache, full_verify=full_verify,
+                                    store=store, max_pixels=max_pixels, workers=workers)
+            _write_snapshot(folder, dataset, sid, scan, store)
+            created = True
+            info = load_snapshot(storage.root, dataset, sid)
+        else:  # this content is snapshotted: what had to be stored again (it was missing) goes loose
+            store.spill()
+    finally:
+        store.discard()
     if info is None:
         raise DatasetError(f"{folder}: snapshot folder exists but is unreadable; move it aside and retry")
     if scan.frame is None:  # unchanged content: the manifest and listing are the stored ones
@@ -260,10 +286,10 @@ def take_snapshot(storage_root: str | os.PathLike, dataset: str, source_root: st
                                       refused_symlinks=info.refused_symlinks,
                                       metadata_decode_errors=info.metadata_decode_errors, files=sorted(scan.files))
     if previous_id != sid or cache.files != scan.files:
-        atomic_write_json(storage.snapshots_of(dataset) / "latest.json", {
+        atomic_write_text(storage.snapshots_of(dataset) / "latest.json", _json({
             "schema_version": SCHEMA_VERSION, "dataset": dataset, "snapshot_id": sid,
             "source_root": str(scan.root), "scanned_at_ns": scan.scanned_at_ns,
-            "files": {k: v.to_list() for k, v in scan.files.items()}})
+            "files": {k: v.to_list() for k, v in scan.files.items()}}))
     result = SnapshotResult(info, created, scan, previous_id)
     if integrity is not None:
         integrity.note_repairs(storage.root, store.rewritten)
@@ -272,23 +298,34 @@ def take_snapshot(storage_root: str | os.PathLike, dataset: str, source_root: st
     return result
 
 
-def _store(storage: Storage, dataset: str, full_verify: bool) -> tuple[Integrity | None, ObjectStore]:
-    """The object store of a snapshot; with `full_verify`, every object of the dataset's snapshots is
-    re-hashed first and a changed one counts as absent (rewritten from the source when it holds it)."""
+def _store(storage: Storage, dataset: str, full_verify: bool,
+           previous_id: str | None) -> tuple[Integrity | None, ObjectStore]:
+    """The object store of a snapshot (most objects are found in the previous snapshot's index); with
+    `full_verify`, every object of the dataset's snapshots is re-hashed first and a changed one counts
+    as absent (rewritten from the source when it holds it)."""
+    def prefer() -> ObjectIndex:
+        if not (isinstance(previous_id, str) and _SAFE_NAME.match(previous_id)):
+            return ObjectIndex()
+        return ObjectIndex.of_snapshot(storage.snapshot_dir(dataset, previous_id))
+
     if not full_verify:
-        return None, ObjectStore(storage.root)
+        return None, ObjectStore(storage.root, prefer)
     integrity = verify_snapshot_objects(storage.root, dataset)
     bad = {p.sha256 for p in integrity.problems}
-    return integrity, VerifyingObjectStore(storage.root, verified=set(integrity.files) - bad)
+    return integrity, VerifyingObjectStore(storage.root, prefer, verified=integrity.good, bad=bad)
 
 
-def _write_snapshot(folder: Path, dataset: str, sid: str, scan: Scan) -> None:
+def _write_snapshot(folder: Path, dataset: str, sid: str, scan: Scan, store: ObjectStore) -> None:
+    """The pack first (fsynced, renamed), then the snapshot folder naming it, written whole and renamed."""
     assert scan.frame is not None
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{sid}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    written = False
     try:
+        store.commit(sid)
+        store.index_frame((st.sha256, st.size) for st in scan.files.values()).write_parquet(tmp / INDEX_FILE)
         scan.frame.write_parquet(tmp / "manifest.parquet")
         doc = {
             "schema_version": SCHEMA_VERSION, "dataset": dataset, "snapshot_id": sid,
@@ -302,21 +339,30 @@ def _write_snapshot(folder: Path, dataset: str, sid: str, scan: Scan) -> None:
             "metadata_decode_errors": scan.listing.metadata_decode_errors,
             "files": {k: v.to_list() for k, v in sorted(scan.files.items())},
         }
-        (tmp / "snapshot.json").write_text(json.dumps(doc, indent=1) + "\n", "utf-8")
+        (tmp / "snapshot.json").write_text(_json(doc), "utf-8")
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
             os.chmod(f, 0o444)
         try:
             os.rename(tmp, folder)
+            written = True
         except OSError:
             if not (folder / "snapshot.json").is_file():  # not a concurrent writer of the same id
                 raise
     finally:
+        if not written:  # no snapshot names this pack
+            store.remove_committed()
         if tmp.exists():
             for f in tmp.iterdir():
                 os.chmod(f, 0o644)
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _json(doc: dict) -> str:
+    """One key per line, each value on one line (the C encoder: `indent` would use the slow Python one)."""
+    items = [f" {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in doc.items()]
+    return "{\n" + ",\n".join(items) + "\n}\n"
 
 
 def _current(storage: Storage, dataset: str, source_root: str | os.PathLike,

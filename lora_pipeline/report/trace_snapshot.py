@@ -67,7 +67,7 @@ def trace_snapshot(storage: Storage, roots: Roots, record: Any, checks: Any,
         else:
             item = checks.file(f"source file {rel}", path, sha, [src_root], f"the snapshot's source folder {src_root}",
                                LIMITS["source"])
-        obj = verify_object(storage.root, sha, LIMITS["source"])
+        obj = verify_object(storage.root, sha, LIMITS["source"], snapshot=snap)
         integrity.checked += 1
         if obj.status != "ok":
             integrity.problems.append(obj)

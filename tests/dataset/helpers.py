@@ -46,3 +46,44 @@ def bomb_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
                      + chunk(b"IEND", b""))
     return path
+
+
+def to_legacy_layout(storage: Path) -> None:
+    """Rewrite a storage as a workspace written before packs: every object a read-only loose file
+    `objects/<sha[:2]>/<sha>`, no `objects.parquet` in any snapshot folder, no `objects/packs`."""
+    import os
+    import shutil
+
+    import polars as pl
+
+    for index in sorted(storage.glob("snapshots/*/*/objects.parquet")):
+        for sha, pack, off, length in pl.read_parquet(index).iter_rows():
+            dest = storage / "objects" / sha[:2] / sha
+            if pack is not None and not dest.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with open(storage / "objects" / "packs" / pack, "rb") as f:
+                    f.seek(off)
+                    dest.write_bytes(f.read(length))
+                dest.chmod(0o444)
+        os.chmod(index, 0o644)
+        index.unlink()
+    shutil.rmtree(storage / "objects" / "packs", ignore_errors=True)
+
+
+def overwrite_stored(storage: Path, sha: str, snapshot, change=None) -> object:
+    """Change a stored object's bytes in place, same size (packed or loose); its StoredObject."""
+    import os
+
+    from lora_pipeline.dataset.snapshot import object_location
+
+    loc = object_location(storage, sha, snapshot)
+    os.chmod(loc.file, 0o644)
+    with open(loc.file, "r+b") as f:
+        f.seek(loc.offset)
+        data = f.read(loc.length) if loc.length >= 0 else f.read()
+        new = change(data) if change else bytes(b ^ 0xFF for b in data[:16]) + data[16:]
+        assert len(new) == len(data)
+        f.seek(loc.offset)
+        f.write(new)
+    os.chmod(loc.file, 0o444)
+    return loc

@@ -8,12 +8,13 @@ import time
 import polars as pl
 import pytest
 
+from lora_pipeline.dataset.integrity import read_object
 from lora_pipeline.dataset.schema import validate_manifest
 from lora_pipeline.dataset.snapshot import (
     find_snapshot_matching,
     latest_snapshot,
     list_snapshots,
-    object_path,
+    object_location,
     source_drift,
     source_fingerprint,
     take_snapshot,
@@ -39,16 +40,19 @@ def test_snapshot_writes_manifest_and_read_only_objects(tmp_path):
     res = take_snapshot(tmp_path / "st", "chairs", ds)
     assert res.created and res.previous_id is None
     folder = tmp_path / "st/snapshots/chairs" / res.snapshot_id
-    assert sorted(p.name for p in folder.iterdir()) == ["manifest.parquet", "snapshot.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["manifest.parquet", "objects.parquet", "snapshot.json"]
     m = pl.read_parquet(folder / "manifest.parquet")
     assert set(m.columns) >= CONTRACT_COLUMNS and m.height == 5
     validate_manifest(m)
     row = m.row(0, named=True)
     assert (row["width"], row["height"], row["caption"]) == (32, 32, "a photo of sks_chair, object number 0 on a table")
+    (pack,) = (tmp_path / "st/objects/packs").iterdir()  # every image and caption in one pack file
+    assert pack.name.startswith(res.snapshot_id + "-") and pack.suffix == ".pack"
+    assert not pack.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
     for rel, sha in res.info.files.items():
-        obj = object_path(tmp_path / "st", sha)
-        assert obj.read_bytes() == (ds / rel).read_bytes()
-        assert not obj.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+        assert read_object(tmp_path / "st", sha, res.info) == (ds / rel).read_bytes()
+        assert object_location(tmp_path / "st", sha, res.info).file == pack
+    assert sorted(p.name for p in (tmp_path / "st/objects").iterdir()) == ["packs"]  # no loose object
     assert not list((tmp_path / "st").rglob("*.tmp"))
 
 
@@ -122,7 +126,7 @@ def test_editing_the_source_never_changes_an_existing_snapshot(tmp_path):
     ds = plain_dataset(tmp_path / "ds", n=4)
     snap = take_snapshot(tmp_path / "st", "chairs", ds).info
     before = _tree(tmp_path / "st")
-    objects = {rel: object_path(tmp_path / "st", sha) for rel, sha in snap.files.items()}
+    stored = {sha: read_object(tmp_path / "st", sha, snap) for sha in snap.files.values()}
     with open(ds / "img_000.png", "r+b") as f:  # in place, same inode
         f.seek(10)
         f.write(b"\0\0\0\0")
@@ -133,9 +137,10 @@ def test_editing_the_source_never_changes_an_existing_snapshot(tmp_path):
     for rel, data in before.items():
         if not rel.endswith("latest.json"):
             assert after[rel] == data, rel
-    for obj in objects.values():
-        assert obj.read_bytes() == before[obj.relative_to(tmp_path / "st").as_posix()]
+    for sha, data in stored.items():
+        assert read_object(tmp_path / "st", sha, snap) == data
     assert len(list_snapshots(tmp_path / "st", "chairs")) == 2
+    assert len(list((tmp_path / "st/objects/packs").iterdir())) == 2  # the second holds only the new bytes
 
 
 def test_public_api_for_training_ingestion(tmp_path):

@@ -27,7 +27,7 @@ def test_copied_render_traces_to_the_snapshot_source_files(world, tmp_path, caps
     t = _trace(world, copy, capsys)
     record = load_run_record(storage, "nan-loss")
     snap = load_snapshot(storage, "products", record.dataset.snapshot_id)
-    assert t["render"]["arm"] == "lora_trigger" and t["render"]["dagster"]["partition"] == f"nan-loss~{LAST}"
+    assert t["render"]["arm"] == "lora_trigger" and t["render"]["dagster"]["partition"] == f"{LAST}|nan-loss"
     assert t["render"]["sidecar_matches_chunk"] is True
     assert t["checkpoint"]["step"] == 6 and t["checkpoint"]["check"]["status"] == "ok"
     assert t["checkpoint"]["path"] == record.checkpoint(LAST).path

@@ -243,7 +243,7 @@ def test_a_fifo_as_the_recorded_checkpoint_file_is_unverifiable_not_a_hang(world
 
 def test_a_stored_object_overwritten_in_place_is_a_mismatch_and_a_finding(world, tmp_path, capsys):
     from lora_pipeline.cli import main
-    from lora_pipeline.dataset.snapshot import object_path
+    from lora_pipeline.dataset.snapshot import object_location
 
     storage = _copied_storage(world, tmp_path)
     cfg = world.config.model_copy(update={"storage": storage})
@@ -251,18 +251,20 @@ def test_a_stored_object_overwritten_in_place_is_a_mismatch_and_a_finding(world,
     t, _ = _traced(world, image, cfg)
     assert t["summary"]["mismatch"] == t["summary"]["unverifiable"] == 0
     rel, sha = next((f["relative_path"], f["sha256"]) for f in t["source_files"] if f["relative_path"].endswith(".png"))
-    obj = object_path(storage, sha)
-    data = obj.read_bytes()
-    os.chmod(obj, 0o644)
-    obj.write_bytes(data[:-8] + bytes(8))  # same size, other bytes
+    loc = object_location(storage, sha)  # in a pack: its file, offset and length
+    os.chmod(loc.file, 0o644)
+    with open(loc.file, "r+b") as f:  # same size, other bytes
+        f.seek(loc.offset + loc.length - 8)
+        f.write(bytes(8))
+    obj = loc.display
     t, _ = _traced(world, image, cfg)
     stored = next(c for c in t["checks"] if c["what"] == f"stored copy of {rel}")
-    assert stored["status"] == "mismatch" and stored["path"] == str(obj) and stored["now"] != sha
+    assert stored["status"] == "mismatch" and stored["path"] == obj and stored["now"] != sha
     assert _status(t, f"source file {rel}") == "ok"  # the source is intact: only the stored copy changed
     assert t["summary"]["mismatch"] == 1
     (finding,) = t["findings"]
-    assert finding["code"] == "PROVENANCE.INCOMPLETE" and str(obj) in finding["message"]
-    assert finding["evidence"]["objects"][0]["object"] == str(obj)
+    assert finding["code"] == "PROVENANCE.INCOMPLETE" and obj in finding["message"]
+    assert finding["evidence"]["objects"][0]["object"] == obj
     cfg_file = tmp_path / "lora_pipeline.yaml"
     cfg_file.write_text(world.config_path.read_text().replace("storage: storage", f"storage: {storage}")
                         .replace("training_runs: runs", f"training_runs: {world.root / 'runs'}")
