@@ -315,6 +315,7 @@ def materialize(config: Config, run_ids: Iterable[str] = (), checkpoint_ids: Ite
 def _materialize(config: Config, instance: dg.DagsterInstance, run_ids: tuple[str, ...],
                  checkpoint_ids: tuple[str, ...], include_all: bool, progress: Progress | None,
                  sleep: Callable[[float], None], guard) -> LaunchSummary:
+    from assets.training import run_content
     from lora_pipeline.render import cache
     from lora_pipeline.render.pipeline import BASE_LOADS
     from lora_pipeline.storage import split_checkpoint_partition_key
@@ -333,7 +334,7 @@ def _materialize(config: Config, instance: dg.DagsterInstance, run_ids: tuple[st
     add_partitions(instance, CHECKPOINT_IDS.name, checkpoint_dims)
     shas = {c.partition_key: c.sha256 for s in scans for c in s.checkpoints}
     for s in scans:
-        if launch._needs([launch.run_key], s.run_id, {launch.run_key: s.fingerprint}):
+        if launch._needs([launch.run_key], s.run_id, {launch.run_key: run_content(s.fingerprint, s.folder)}):
             launch.execute([launch.run_key], s.run_id, f"run {s.run_id}")
         else:
             launch.skip([launch.run_key], s.run_id)

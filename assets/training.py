@@ -105,7 +105,7 @@ def _build_assets():
         # Data version: the run's facts, not its checkpoint list (a new checkpoint leaves the others
         # fresh); the content tag: the folder's fingerprint (what makes the run need ingesting again).
         return dg.MaterializeResult(metadata=meta, data_version=dg.DataVersion(r.facts_version()),
-                                    tags={CONTENT_TAG: fingerprint_of(r)})
+                                    tags={CONTENT_TAG: run_content(fingerprint_of(r), r.folder)})
 
     @dg.asset(key=CHECKPOINT_KEY, group_name=GROUP, partitions_def=CHECKPOINTS, code_version="1",
               deps=[dg.AssetDep(RUN_KEY, partition_mapping=TO_RUN)],
@@ -177,6 +177,15 @@ def _done(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str, versio
     return recorded_content(instance, key, partition) == version
 
 
+def run_content(fingerprint: str, folder) -> str:
+    """What a training_run materialization is made from: the run folder's content and where it is
+    (reports name the files they judged, so a copied or moved workspace is ingested again)."""
+    import hashlib
+
+    # A tag value: at most 63 characters of [A-Za-z0-9_.-].
+    return hashlib.sha256(f"{fingerprint}@{Path(folder).resolve()}".encode()).hexdigest()[:40]
+
+
 def recorded_content(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> str | None:
     """What the latest materialization of key[partition] was made from: its content tag (training_run:
     the run folder's fingerprint), else its data version (lora_checkpoint: the file's sha256)."""
@@ -227,7 +236,7 @@ def build_sensor(config: Config, run_job, checkpoint_job) -> dg.SensorDefinition
                                      if split_checkpoint_partition_key(c.partition_key)[1] not in have_ids))
         requests = []
         for s in changed:
-            if not _done(instance, RUN_KEY, s.run_id, s.fingerprint, s.run_key):
+            if not _done(instance, RUN_KEY, s.run_id, run_content(s.fingerprint, s.folder), s.run_key):
                 requests.append(dg.RunRequest(job_name=RUN_JOB, partition_key=s.run_id, run_key=s.run_key))
             for c in s.checkpoints:
                 if not _done(instance, CHECKPOINT_KEY, c.partition_key, c.sha256, c.run_key):

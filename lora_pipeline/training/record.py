@@ -91,11 +91,11 @@ class RunRecord:
         fingerprint (it is ingested again) but not this, so the run's other checkpoints stay fresh."""
         d = asdict(self)
         files = {c.path for c in self.checkpoints} | {a for c in self.checkpoints for a in c.aliases}
+        # The paths stay in: reports name the files they judged, so a workspace copied or moved
+        # elsewhere has its reports redone once (renders come from the render cache).
         for k in ("checkpoints", "loss", "steps", "epochs", "pending", "ignored", "config_files", "sources",
-                  "conflicts", "folder"):
+                  "conflicts"):
             d.pop(k, None)
-        for ref in ("base_model", "dataset"):  # where the workspace sits is not a fact about the run
-            (d.get(ref) or {}).pop("path", None)
         d["findings"] = sorted((f.code, f.severity, f.message) for f in self.findings if f.subject not in files)
         blob = json.dumps(d, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:32]
