@@ -9,8 +9,12 @@ what was evaluated before and is now out of date:
   or runtime changed (`eval_renders`' code version follows them), or an upstream data version moved
   (a new snapshot, a re-ingested run) -> its assets and everything after them in that partition.
 
-Missing partitions are never requested here. Run keys name the partition and the materialization
-that went stale, so a tick never requests the same work twice and a later change gets a new run.
+Missing partitions are never requested here, nor assets with an automation condition (run_report:
+its own sensor requests it after its checkpoint reports). Run keys name the partition and the
+materialization that went stale, and a key that already has a run (queued, running or done) is not
+requested again: Dagster dedupes a schedule's run keys only within one tick, so without this a
+re-evaluation still queued from the last tick would be requested on every tick. A later change gets
+a new key; a failed run's key is requested again.
 A schedule targets one job and a job one partitions definition, so there are three schedules over
 one function: datasets, runs and checkpoints.
 """
@@ -76,7 +80,8 @@ def stale_run_requests(config: Config, instance: dg.DagsterInstance, graph) -> l
                                           asset_selection=[snapshot_key], tags={"lora_pipeline/why": "dataset stale"}))
     resolver = stale_resolver(instance, graph)
     for pd_name, kind in ((TRAINING_RUNS.name, "run"), (CHECKPOINTS_NAME, "checkpoint")):
-        keys = partitioned_by(graph, pd_name)
+        # An asset with an automation condition (run_report) is its sensor's business, not this schedule's.
+        keys = [k for k in partitioned_by(graph, pd_name) if graph.get(k).automation_condition is None]
         if not keys:
             continue
         # Only partitions materialized before can be stale; the checkpoint space (runs x checkpoint
@@ -86,7 +91,14 @@ def stale_run_requests(config: Config, instance: dg.DagsterInstance, graph) -> l
             if need:
                 requests.append(dg.RunRequest(run_key=_key(partition, need, instance), partition_key=partition,
                                               asset_selection=need, tags={"lora_pipeline/why": f"{kind} stale"}))
-    return requests
+    return [r for r in requests if not _requested(instance, r.run_key)]
+
+
+def _requested(instance: dg.DagsterInstance, run_key: str) -> bool:
+    """A run with this key exists and did not fail: Dagster dedupes a schedule's run keys only within one
+    tick (with its scheduled time), so work still queued from an earlier tick would be requested again."""
+    live = [s for s in dg.DagsterRunStatus if s not in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED)]
+    return bool(instance.get_run_records(dg.RunsFilter(tags={"dagster/run_key": run_key}, statuses=live), limit=1))
 
 
 def definitions(config: Config) -> dg.Definitions:
