@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test ui lint bench clean-demo
+.PHONY: demo test test-daemon ui lint bench clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The daemon end-to-end test (real `dagster dev`, sensor and schedule ticks: 8-9 min, mostly waiting).
+test-daemon: $(STAMP)
+	LORA_PIPELINE_DAEMON_E2E=1 $(PY) -m pytest tests/daemon/test_daemon_end_to_end.py --basetemp=$${TMPDIR:-/tmp}/lora-pipeline-daemon-e2e
 
 ui: $(STAMP)
 	$(VENV)/bin/lora-pipeline ui
