@@ -96,3 +96,19 @@ def test_bad_arguments_are_named(tmp_path, toy_base, toy_dataset):
     spec = TrainSpec(base=tmp_path, dataset=toy_dataset, out=tmp_path / "r", trigger="t")
     with pytest.raises(TrainError, match="--base"):
         spec.validate()
+
+
+def test_kohya_run_logs_its_loss_to_tensorboard_as_sd_scripts_does(kohya_run):
+    """`logs/<timestamp>/network_train/events.out.tfevents.*` with `loss/current` per step, read back by
+    the kohya format reader (the demo's kohya run then has a loss curve)."""
+    from lora_pipeline.training.formats.kohya import parse
+    from lora_pipeline.training.tensorboard import read_scalars
+
+    events = sorted(kohya_run.glob("logs/*/network_train/events.out.tfevents.*"))
+    assert len(events) == 1
+    scalars = read_scalars(events[0])
+    assert [s for s, _ in scalars["loss/current"]] == list(range(1, 7))
+    assert all(math.isfinite(v) and v > 0 for _, v in scalars["loss/current"])
+    assert len(scalars["loss/average"]) == 6
+    facts = parse(kohya_run)
+    assert [p[0] for p in facts.loss] == list(range(1, 7))

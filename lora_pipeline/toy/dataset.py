@@ -67,6 +67,16 @@ def write_toy_dataset(out_dir: str | Path, trigger: str = "sks_chair", n: int = 
         caption = f"a photo of {trigger}, a {colour} {obj} on a {bg}" if "background" in bg else \
             f"a photo of {trigger}, a {colour} {obj} in a {bg}"
         (out / f"img_{i:03d}.txt").write_text(caption + "\n", encoding="utf-8")
+    return plant_faults(out, trigger, faults)
+
+
+def plant_faults(out: Path, trigger: str, faults: tuple[str, ...]) -> Path:
+    """Plant `faults` in a written dataset of `img_NNN.png` + `img_NNN.txt` pairs (at least 3):
+    orphan_caption adds `img_orphan.txt` with no image, vague_caption rewrites img_001's caption as
+    tags, respelled_trigger respells the trigger in img_002's caption."""
+    unknown = set(faults) - set(FAULTS)
+    if unknown:
+        raise ValueError(f"unknown faults {sorted(unknown)}; known: {FAULTS}")
     if "orphan_caption" in faults:
         (out / "img_orphan.txt").write_text(f"a photo of {trigger}, a red chair\n", encoding="utf-8")
     if "vague_caption" in faults:

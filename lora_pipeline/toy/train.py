@@ -1,4 +1,5 @@
-"""A real (small) LoRA trainer: peft LoRA on the UNet, noise-prediction loss on VAE latents.
+"""A real (small) LoRA trainer: peft LoRA on the UNet, the base's own loss (noise or, for a
+v-prediction base, velocity prediction) on VAE latents.
 
 Writes a run folder in our native format (docs/run-format.md) or as kohya sd-scripts does
 (`<name>-step<8 digits>.safetensors`, final `<name>.safetensors`, `lora_unet_*` keys with
@@ -106,6 +107,12 @@ def run_steps(spec: TrainSpec, n_examples: int, run_meta: dict, optimizer, step_
     result = TrainResult(out=spec.out)
     native = spec.format == "native"
     loss_log = (spec.out / "loss.jsonl").open("a") if native else None
+    # kohya writes its loss to TensorBoard under --logging_dir (`<ts>/network_train/`), as we do here:
+    # `loss/current` per step and `loss/average`, the mean since the start of the epoch.
+    events = None if native else (spec.out / "logs" / time.strftime("%Y%m%d%H%M%S") / "network_train"
+                                  / f"events.out.tfevents.{int(time.time())}.toy-train")
+    pending: list[tuple[int, float, float]] = []
+    epoch_losses: list[float] = []
     try:
         for step in range(1, spec.steps + 1):
             i = int(torch.randint(n_examples, (1,), generator=gen))
@@ -119,8 +126,15 @@ def run_steps(spec: TrainSpec, n_examples: int, run_meta: dict, optimizer, step_
                 loss_log.write(json.dumps({"step": step, "loss": value if math.isfinite(value) else str(value),
                                            "lr": spec.lr, "time": round(time.time(), 3)}) + "\n")
                 loss_log.flush()
+            if events is not None:
+                epoch_losses.append(value)
+                pending.append((step, value, sum(epoch_losses) / len(epoch_losses)))
+                if step % max(1, n_examples) == 0:
+                    epoch_losses.clear()
             if progress:
                 progress(step, value)
+            if events is not None and (len(pending) >= 50 or step == spec.steps):
+                _flush_events(events, pending)
             if step % spec.save_every == 0 or step == spec.steps:
                 result.checkpoints.extend(save(step, step // max(1, n_examples), step == spec.steps))
                 if native:
@@ -134,6 +148,15 @@ def run_steps(spec: TrainSpec, n_examples: int, run_meta: dict, optimizer, step_
         run_meta["finished_at"] = datetime.now(UTC).isoformat()
         atomic_write_json(spec.out / NATIVE_RUN_FILE, run_meta)
     return result
+
+
+def _flush_events(path: Path, pending: list[tuple[int, float, float]]) -> None:
+    from lora_pipeline.training.tensorboard import append_scalars
+
+    now = time.time()
+    for step, current, average in pending:
+        append_scalars(path, {"loss/current": current, "loss/average": average}, step, now)
+    pending.clear()
 
 
 def train(spec: TrainSpec, progress: Callable[[int, float], None] | None = None) -> TrainResult:
@@ -163,6 +186,7 @@ def train(spec: TrainSpec, progress: Callable[[int, float], None] | None = None)
     params = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.lr)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
 
     # VAE and text encoder are frozen: encode every example once.
     with torch.no_grad():
@@ -184,7 +208,9 @@ def train(spec: TrainSpec, progress: Callable[[int, float], None] | None = None)
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (1,), generator=gen).to(device)
         noisy = noise_scheduler.add_noise(latents, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=text_all[i : i + 1]).sample
-        return torch.nn.functional.mse_loss(pred.float(), noise.float())
+        # The base's own objective: noise (epsilon) or velocity (v-prediction bases such as toy-draw).
+        target = noise_scheduler.get_velocity(latents, noise, t) if v_prediction else noise
+        return torch.nn.functional.mse_loss(pred.float(), target.float())
 
     def save(step: int, epoch: int, final: bool) -> list[dict]:
         lora_sd = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))

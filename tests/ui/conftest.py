@@ -25,7 +25,7 @@ def demo_world(tmp_path_factory):
     env = {**os.environ, "LORA_PIPELINE_DEMO_DIR": str(root), "DAGSTER_HOME": str(root / ".dagster")}
     env.pop("LORA_PIPELINE_CONFIG", None)
     out = subprocess.run([str(BIN / "lora-pipeline"), "demo", "--dir", str(root)], env=env, cwd=tmp_path_factory.getbasetemp(),
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return root, env, out.stdout
 

@@ -10,6 +10,7 @@ import json
 import urllib.request
 from pathlib import Path
 
+from lora_pipeline.report.run_html import ELSEWHERE, SAME_AS
 from lora_pipeline.storage import checkpoint_partition_key
 from lora_pipeline.training.curves import informative
 
@@ -133,6 +134,8 @@ def test_demo_run_reports_plot_only_what_moves(demo_world):
         html = (root / "storage" / "reports" / run / "report.html").read_text()
         plotted = {a.split('"')[0] for a in html.split('<img alt="')[1:]}
         for name, points in doc["signals"].items():
+            if SAME_AS.get(name) in doc["signals"] or name in ELSEWHERE:
+                continue  # the same numbers as another signal's plot, or drawn in another section
             if not informative(points):  # a flat line says nothing: a sentence names it instead
                 assert name not in plotted and f"<code>{name}</code>" in html.split('id="flat-signals"')[1], run
         assert {n for n in plotted if "." in n} <= {n for n, pts in doc["signals"].items() if informative(pts)}, run
