@@ -146,6 +146,7 @@ def run_report(context: dg.AssetExecutionContext, settings: PipelineSettings) ->
     context.log.info(f"run {doc['run_id']}: {verdicts}; best {doc['best']}")
     curves = {f"{name.split('.')[-1]}_curve": image(context.instance, ["reports", doc["run_id"], name], png, title)
               for name, title, png in key_signal_pngs(doc)}
+    curves.update(_delta_norm_curve(context.instance, settings.config, doc["run_id"]))
     return dg.MaterializeResult(metadata={
         "verdict": doc["verdict"], "best_checkpoint": str(doc["best"]),
         "checkpoint_verdicts": dg.MetadataValue.json(verdicts), **curves,
@@ -156,6 +157,20 @@ def run_report(context: dg.AssetExecutionContext, settings: PipelineSettings) ->
         "reviews": _reviews_md(doc["reviews"])},
         check_results=[_check_result(RUN_CHECK, doc["findings"], RUN_CHECK_LAYERS, RUN_REPORT,
                                      {"verdict": doc["verdict"]})])
+
+
+def _delta_norm_curve(instance: dg.DagsterInstance, config: Config, run_id: str) -> dict[str, dg.MetadataValue]:
+    """The weight-norm curve the report just drew (lora_pipeline/training/norms.py: the norms are
+    computed after ingestion), when it shows something."""
+    from assets.ui_metadata import image
+    from lora_pipeline.training.curves import informative
+    from lora_pipeline.training.norms import CURVE_FILE, run_dir, stored_points
+
+    png = run_dir(config.storage, run_id) / CURVE_FILE
+    if not informative(stored_points(config.storage, run_id)) or not png.is_file():
+        return {}
+    return {"delta_norm_curve": image(instance, ["runs", run_id, "delta_norm"], png.read_bytes(),
+                                      "LoRA weight change per checkpoint")}
 
 
 def _check_result(name: str, findings: list[dict], layers: tuple[str, ...], asset: dg.AssetKey,

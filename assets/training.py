@@ -27,6 +27,7 @@ from lora_pipeline.training.ingest import (
     run_folder,
     write_run_record,
 )
+from lora_pipeline.training.norms import store_norm
 from lora_pipeline.training.record import Roots
 from lora_pipeline.training.scan import fingerprint_of, scan_runs
 from resources.settings import PipelineSettings
@@ -49,12 +50,17 @@ def _findings_table(findings: list[Finding]) -> dg.MetadataValue:
     return findings_table([f.to_dict() for f in findings])
 
 
-def _curves(instance: dg.DagsterInstance, record, files: dict[str, Path]) -> dict[str, dg.MetadataValue]:
+def _curves(instance: dg.DagsterInstance, config: Config, record, files: dict[str, Path]) -> dict[str, dg.MetadataValue]:
     """loss_curve and delta_norm_curve, inline on the asset page (assets/ui_metadata.py) when they show
-    something; otherwise a sentence saying why there is no curve."""
+    something; otherwise a sentence saying why there is no curve. Ingestion computes no delta norm
+    (lora_pipeline/training/norms.py): the weight curve is drawn here only when every checkpoint's
+    norm is already cached (its lora_checkpoint step ran); it is always in the run report."""
+    import copy
+
     from assets.ui_metadata import image
     from lora_pipeline.report.html_common import no_loss_reason
-    from lora_pipeline.training.curves import informative
+    from lora_pipeline.training.curves import delta_norm_curve, informative
+    from lora_pipeline.training.norms import curve_points, with_norms
 
     out: dict[str, dg.MetadataValue] = {}
     if record.loss:
@@ -62,11 +68,15 @@ def _curves(instance: dg.DagsterInstance, record, files: dict[str, Path]) -> dic
                                   "training loss per step (grey: raw, blue: smoothed; dotted: checkpoints)")
     else:
         out["loss_curve"] = dg.MetadataValue.text(no_loss_reason({"format": record.format}))
-    norms = [(c.step or i, c.total_delta_norm) for i, c in enumerate(record.checkpoints)
-             if c.total_delta_norm is not None]
-    if informative(norms):
+    cached = with_norms(config, copy.deepcopy(record), compute=False, write=False).checkpoints
+    norms = [(c.step or i, c.total_delta_norm) for i, c in enumerate(cached) if c.total_delta_norm is not None]
+    if informative(norms) and len(norms) == len(cached):
         out["delta_norm_curve"] = image(instance, ["runs", record.run_id, "delta_norm"],
-                                        files["delta_norm.png"].read_bytes(), "LoRA weight change per checkpoint")
+                                        delta_norm_curve(curve_points(cached)), "LoRA weight change per checkpoint")
+    elif len(norms) < len(cached):
+        out["delta_norm_curve"] = dg.MetadataValue.text(
+            f"weight norms known for {len(norms)} of {len(cached)} checkpoint(s): each is computed by its "
+            "lora_checkpoint step; the curve is in the run report")
     else:
         out["delta_norm_curve"] = dg.MetadataValue.text(
             f"{len(norms)} checkpoint(s) with a weight norm: no curve to draw")
@@ -98,7 +108,7 @@ def _build_assets():
             "base_model": str(r.base_model.name), "trigger": str(r.trigger), "rank": str(r.rank),
             "alpha": str(r.alpha), "learning_rate": str(r.learning_rate),
             "dataset_snapshot": str(r.dataset.snapshot_id), "findings": _findings_table(r.findings),
-            **_curves(context.instance, r, files),
+            **_curves(context.instance, config, r, files),
         }
         if r.pending:
             meta["pending_files"] = ", ".join(r.pending)
@@ -110,8 +120,9 @@ def _build_assets():
     @dg.asset(key=CHECKPOINT_KEY, group_name=GROUP, partitions_def=CHECKPOINTS, code_version="1",
               deps=[dg.AssetDep(RUN_KEY, partition_mapping=TO_RUN)],
               description="One checkpoint file analysed in one read (hash + header + tensors): key "
-                          "family, rank/alpha per module, delta norms, NaN/Inf, inferred base "
-                          "architecture vs the run's declared base. Data version = file sha256.")
+                          "family, rank/alpha per module, delta norms (computed here, not at ingestion; "
+                          "cached by file hash), NaN/Inf, inferred base architecture vs the run's declared "
+                          "base. Data version = file sha256.")
     def lora_checkpoint(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
         config = settings.config
         doc, findings = analyse_partition(config, context.partition_key)
@@ -147,11 +158,12 @@ def analyse_partition(config: Config, partition_key: str) -> tuple[dict, list[Fi
     if ck is None:
         raise dg.Failure(f"checkpoint {partition_key}: no such checkpoint in {folder} (removed or renamed?)")
     path = Path(ck.path)
-    try:
+    try:  # the full analysis: this step computes the checkpoint's delta norms (ingestion does not)
         full = FileIndex(index_path(config.storage, run_id)).analysis(
-            path.relative_to(folder).as_posix(), path, config.checks.full_verify)
+            path.relative_to(folder).as_posix(), path, config.checks.full_verify, norms=True)
     except (LoraFileError, OSError) as e:
         raise dg.Failure((str(e).splitlines() or [type(e).__name__])[0]) from None
+    store_norm(config.storage, run_id, full)  # cached by file hash for the reports (training/norms.py)
     declared, inferred = record.base_model.architecture, (full.get("architecture") or {}).get("family")
     consistent = declared is None or inferred in (declared, "unknown") or declared in _COMPATIBLE.get(inferred, set())
     findings = [Finding(f.code, f.subject, f.message, f.evidence, f.severity) for f in record.findings

@@ -3,9 +3,12 @@
 Builds a kohya-style run of N checkpoints of ~SIZE MB each from real LoRA tensors (a toy LoRA
 trained on the spot, its A/B matrices tiled to the 264 module shapes of an SD1.5 UNet + text-encoder
 LoRA, fp16, the rank chosen to reach SIZE: 42 for 50 MB), then times `ingest_run` (hash + parse +
-analyse each file once, cold cache) against `sha256` over the same files. Prints, from one run (best of --repeat each): wall time and
-process CPU time (both threads) of both, the ratios (target: wall <= 1.3x), the analysis alone
-(parse + per-module norms on one thread, no hash) against the floor, and the load average around.
+the light analysis of each file once: NaN/Inf and all-zero scan, no delta norms; cold cache) against
+`sha256` over the same files. Prints, from one run (best of --repeat each): wall time and process CPU
+time (both threads) of both, the ratios (target: wall <= 1.3x), the light analysis alone (parse + scan
+on one thread, no hash) against the floor, CPU per file, where the deferred cost went (the delta
+norms computed after ingestion, as the `lora_checkpoint` steps or the first report do:
+training/norms.py `with_norms`, cold norm cache, no second hash), and the load average around.
 
     python bench/ingest_bench.py [--n 20] [--size-mb 50] [--repeat 3]
 """
@@ -100,12 +103,14 @@ def floor_sha256(files: list[Path]) -> None:
 
 
 def analysis_alone(files: list[Path]) -> None:
-    """What the analysis costs without the hash: read, parse, per-module norms, on one thread."""
+    """What ingestion's light analysis costs without the hash: map the file (as ingestion does), parse,
+    NaN/Inf + zero scan, on one thread."""
     from lora_pipeline.lora.inspect import analyse
     from lora_pipeline.lora.safetensors_file import parse_safetensors
+    from lora_pipeline.training.checkpoints import _open
 
     for f in files:
-        analyse(parse_safetensors(f, f.read_bytes(), sha256="not hashed"))
+        analyse(parse_safetensors(f, _open(f)[1], sha256="not hashed"), norms=False)
 
 
 def _load() -> str:
@@ -123,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from lora_pipeline.config import parse_config
     from lora_pipeline.training.ingest import ingest_run
+    from lora_pipeline.training.norms import with_norms
 
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
@@ -130,22 +136,30 @@ def main(argv: list[str] | None = None) -> int:
         files = sorted((tmp / "runs" / "bench").glob("*.safetensors"))
         floor_sha256(files)  # warm the page cache for both measurements alike
         load_before = _load()
-        floors, ingests, alone = [], [], []
+        floors, ingests, alone, later = [], [], [], []
         for r in range(args.repeat):
             floors.append(timed(lambda: floor_sha256(files)))
             cfg = parse_config(f"storage: st{r}\ntraining_runs: runs\n", root=tmp, source=None)  # cold index
             records: list = []
             ingests.append(timed(lambda c=cfg, out=records: out.append(ingest_run(tmp / "runs" / "bench", c).record)))
             assert len(records[0].checkpoints) == args.n, records[0].findings
+            assert all(c.total_delta_norm is None for c in records[0].checkpoints)
             alone.append(timed(lambda: analysis_alone(files)))
+            later.append(timed(lambda c=cfg, rec=records[0]: with_norms(c, rec, write=False)))  # cold norm cache
+            assert all(c.total_delta_norm for c in records[0].checkpoints)
         (floor, floor_cpu), (ingest, ingest_cpu), (solo, _) = min(floors), min(ingests), min(alone)
-        mb = total / 1e6
+        norms, norms_cpu = min(later)
+        mb, per = total / 1e6, 1000 / args.n
         print(f"checkpoints:  {args.n} x {mb / args.n:.1f} MB = {mb:.0f} MB (best of {args.repeat})")
         print(f"floor sha256: {floor:.3f} s wall ({mb / floor:.0f} MB/s), {floor_cpu:.3f} s CPU")
         print(f"ingest_run:   {ingest:.3f} s wall ({mb / ingest:.0f} MB/s), {ingest_cpu:.3f} s CPU")
-        print(f"analysis alone (read + parse + norms, no hash, one thread): {solo:.3f} s")
+        print(f"analysis alone (map + parse + NaN/Inf/zero scan, no hash, no norms, one thread): {solo:.3f} s")
         print(f"ratio:        {ingest / floor:.2f}x wall (target <= 1.3x), {ingest_cpu / floor_cpu:.2f}x CPU, "
               f"analysis alone {solo / floor:.2f}x")
+        print(f"per file:     floor {floor_cpu * per:.1f} ms CPU, ingest_run {ingest_cpu * per:.1f} ms CPU, "
+              f"analysis alone {solo * per:.1f} ms")
+        print(f"deferred:     delta norms after ingestion (with_norms, cold cache, no second hash): {norms:.3f} s "
+              f"wall, {norms_cpu:.3f} s CPU = {norms_cpu * per:.1f} ms CPU per file, once per file content")
         print(f"load average: {load_before} before, {_load()} after")
     return 0
 

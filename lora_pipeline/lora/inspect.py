@@ -1,14 +1,23 @@
 """What a LoRA file holds: key format, metadata, rank and alpha per module, weight-delta norms,
 NaN/Inf, and the base architecture it was likely trained for (from key names and shapes).
 
+`analyse(sf)` computes everything; `analyse(sf, norms=False)` is training ingestion's light pass
+(docs/benchmarks.md, "Training ingestion"): the same report without the r x r Gram products of plain
+LoRA pairs. Every tensor is still scanned, from its raw bits, for NaN/Inf and all-zero values, so
+`nonfinite_tensors`, `malformed` and `all_zero` are those of the full pass (a module with an
+all-zero factor has delta norm exactly 0.0; the other plain-LoRA norms stay None and the report's
+`total_delta_norm` is None). The norms are computed later, per checkpoint (training/norms.py).
+
 Pure numpy: no torch, so `lora-pipeline inspect` and checkpoint analysis stay light.
 """
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import glob
 import json
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -56,6 +65,7 @@ class LoraFileReport:
     architecture: dict[str, Any] = field(default_factory=dict)
     declared: dict[str, Any] = field(default_factory=dict)  # rank/alpha/trigger/base from metadata
     malformed: list[str] = field(default_factory=list)  # valid safetensors, broken LoRA parts: one line each
+    norms: bool = True  # False: the light pass (plain LoRA delta norms not computed; total_delta_norm None)
 
     @property
     def ranks(self) -> list[int]:
@@ -79,7 +89,8 @@ class LoraFileReport:
         d = {k: v for k, v in self.__dict__.items() if k != "modules"}
         d = asdict(LoraFileReport(**d))
         d["modules"] = [dict(m.__dict__) for m in self.modules]
-        d.update(ranks=self.ranks, total_delta_norm=self.total_delta_norm, all_zero=self.all_zero)
+        d.update(ranks=self.ranks, total_delta_norm=self.total_delta_norm if self.norms else None,
+                 all_zero=self.all_zero)
         return d
 
 
@@ -154,26 +165,28 @@ def _in_turn(jobs: list[Callable[[], None]]) -> None:
         job()
 
 
-def analyse(sf: SafetensorsFile, run: Run = _in_turn) -> LoraFileReport:
+def analyse(sf: SafetensorsFile, run: Run = _in_turn, *, norms: bool = True) -> LoraFileReport:
     """The file's report. `run` executes the per-module jobs (numpy releases the GIL in them), by
-    default one after the other; training/checkpoints.py shares them with its hashing thread."""
+    default one after the other; training/checkpoints.py shares them with its hashing thread.
+    `norms=False`: the light pass (module docstring)."""
     try:
         with single_thread_blas():
-            return _analyse(sf, run)
+            return _analyse(sf, run, norms)
     finally:
         _scratch.buf = None  # this thread's decode buffer (2 bytes per element of the largest factor)
 
 
-def _analyse(sf: SafetensorsFile, run: Run) -> LoraFileReport:
+def _analyse(sf: SafetensorsFile, run: Run, norms: bool) -> LoraFileReport:
     keys = sf.keys()
     parsed = formats.parse(sf)
     report = LoraFileReport(path=str(sf.path), sha256=sf.sha256, size=sf.size, key_format=parsed.key_format,
                             tensors=len(keys), metadata=_readable_metadata(sf.metadata),
-                            unmatched_keys=parsed.unmatched, declared=_declared(sf.metadata))
+                            unmatched_keys=parsed.unmatched, declared=_declared(sf.metadata), norms=norms)
     done: list[Any] = [None] * len(parsed.modules)
+    scan = None if norms else _scan_tensors(sf)
 
     def job(i: int) -> None:
-        done[i] = _module_info(sf, parsed.modules[i])
+        done[i] = _module_info(sf, parsed.modules[i], scan)
 
     run([partial(job, i) for i in range(len(parsed.modules))])
     checked: dict[str, bool] = {}
@@ -184,13 +197,31 @@ def _analyse(sf: SafetensorsFile, run: Run) -> LoraFileReport:
         report.components[fm.component] = report.components.get(fm.component, 0) + 1
     for k in keys:  # tensors the module pass did not already check (alphas, unmatched keys, ...)
         if k not in checked:
-            arr = sf.tensor(k)
-            checked[k] = arr.dtype.kind == "f" and not np.isfinite(arr).all()
+            if scan is None:
+                arr = sf.tensor(k)
+                checked[k] = arr.dtype.kind == "f" and not np.isfinite(arr).all()
+            else:
+                checked[k] = scan[k][0]
     report.nonfinite_tensors = [k for k in keys if checked.get(k)]
-    # the family from the raw header (key names + shapes), and what kind of file this is
-    report.architecture = {**file_architecture.infer_architecture(sf.header),
-                           "file_shape": file_architecture.describe_file_shape(sf.header)}
+    report.architecture = _layout_facts(sf.header)
     return report
+
+
+_LAYOUTS: dict[tuple, dict[str, Any]] = {}  # tensor table -> architecture facts (checkpoints of a run share one)
+
+
+def _layout_facts(header: dict[str, dict]) -> dict[str, Any]:
+    """The family from the raw header (key names + shapes), and what kind of file this is. Both read
+    only the tensor table (names, dtypes, shapes), which every checkpoint of a run shares: computed
+    once per table (a few ms per file at 800 tensors), a copy returned."""
+    key = tuple((k, v.get("dtype"), tuple(v.get("shape") or ())) for k, v in header.items())
+    facts = _LAYOUTS.get(key)
+    if facts is None:
+        facts = {**file_architecture.infer_architecture(header), "file_shape": file_architecture.describe_file_shape(header)}
+        if len(_LAYOUTS) >= 16:
+            _LAYOUTS.pop(next(iter(_LAYOUTS)))
+        _LAYOUTS[key] = facts
+    return copy.deepcopy(facts)
 
 
 _SMALL = 1 << 16  # tensors up to this many elements are reduced in float64; larger ones in float32 (BLAS)
@@ -203,11 +234,15 @@ def _as_matrix(sf: SafetensorsFile, key: str) -> np.ndarray:
     return t.reshape(t.shape[0], int(np.prod(t.shape[1:]))) if t.ndim else t.reshape(1, 1)
 
 
-def _module_info(sf: SafetensorsFile, fm: formats.FileModule) -> tuple[ModuleInfo, dict[str, bool]]:
+def _module_info(sf: SafetensorsFile, fm: formats.FileModule, scan: dict[str, tuple[bool, bool]] | None = None
+                 ) -> tuple[ModuleInfo, dict[str, bool]]:
+    """The module's info and {key: has NaN/Inf}; `scan` (the light pass): `_scan_tensors`' results."""
     info = ModuleInfo(name=fm.key, algorithm=fm.algorithm, rank=fm.rank, alpha=fm.alpha,
                       alpha_source=fm.alpha_source, scale=fm.scale, dora=fm.dora)
     if fm.algorithm == "lora" and "mid" not in fm.parts:
-        return info, _lora_norms(sf, fm, info)
+        return info, (_lora_norms(sf, fm, info) if scan is None else _lora_scan(sf, fm, info, scan))
+    # other algorithms (LoHa, LoKr, Tucker LoCon, ...): the full pass even when light, since fitting
+    # their factors together is what finds a malformed module
     checked = {}
     arrays = {}
     for role, key in fm.parts.items():
@@ -288,6 +323,107 @@ def _lora_norms(sf: SafetensorsFile, fm: formats.FileModule, info: ModuleInfo) -
         with np.errstate(all="ignore"):
             sq = float(np.sum(gb * ga))
         info.delta_norm = float(fm.scale * np.sqrt(max(sq, 0.0))) if np.isfinite(sq) else float("nan")
+    return checked
+
+
+# The light pass' scan, on the raw bits: (signed view, unsigned view, smallest non-finite positive code,
+# smallest non-finite negative code, the sign bit). A value is NaN/Inf when its exponent bits are all
+# ones: a positive one is >= the first limit as a signed integer, a negative one >= the second as an
+# unsigned one; every element is +-0 when the signed max is <= 0 and the unsigned max <= the sign bit.
+_BITS = {"F16": (np.int16, np.uint16, 0x7C00, 0xFC00, 0x8000),
+         "BF16": (np.int16, np.uint16, 0x7F80, 0xFF80, 0x8000),
+         "F32": (np.int32, np.uint32, 0x7F800000, 0xFF800000, 0x80000000),
+         "F64": (np.int64, np.uint64, 0x7FF0000000000000, 0xFFF0000000000000, 0x8000000000000000)}
+
+
+def _bits_scan(sf: SafetensorsFile, key: str) -> tuple[bool, bool]:
+    """(holds NaN/Inf, every element is zero) of one tensor: two integer max-reductions over its bytes
+    for IEEE float dtypes (no decode, no copy); the decoded tensor for the others (fp8, integers)."""
+    info = sf.header[key]
+    spec = _BITS.get(info["dtype"])
+    start, end = info["data_offsets"]
+    if end <= start:
+        return False, True
+    if spec is None:
+        arr = sf.tensor(key)
+        return bool(arr.dtype.kind == "f" and not np.isfinite(arr).all()), not bool(np.any(arr))
+    signed, unsigned, pos, neg, sign = spec
+    u = np.frombuffer(sf._data[start:end], dtype=unsigned)
+    s_max, u_max = int(u.view(signed).max()), int(u.max())
+    return s_max >= pos or u_max >= neg, s_max <= 0 and u_max <= sign
+
+
+def _scan_tensors(sf: SafetensorsFile) -> dict[str, tuple[bool, bool]]:
+    """`_bits_scan` of every tensor. The tensors of one IEEE float dtype are reduced together, one
+    `np.maximum.reduceat` per view over the span they tile (a tensor per segment: no Python per
+    tensor); a dtype whose tensors are scattered (less than half their span) goes tensor by tensor."""
+    out: dict[str, tuple[bool, bool]] = {}
+    groups: dict[str, list[tuple[int, int, str]]] = {}
+    for k, info in sf.header.items():
+        start, end = info["data_offsets"]
+        if info["dtype"] in _BITS and end > start:
+            groups.setdefault(info["dtype"], []).append((start, end, k))
+        else:
+            out[k] = _bits_scan(sf, k)
+    for dtype, items in groups.items():
+        signed, unsigned, pos, neg, sign = _BITS[dtype]
+        size = np.dtype(unsigned).itemsize
+        items.sort()
+        lo, hi = items[0][0], items[-1][1]
+        if sum(e - b for b, e, _k in items) * 2 < hi - lo or any((b - lo) % size for b, _e, _k in items):
+            out.update((k, _bits_scan(sf, k)) for _b, _e, k in items)
+            continue
+        u = np.frombuffer(sf._data[lo:hi], dtype=unsigned)
+        span = (np.array([(b, e) for b, e, _k in items], dtype=np.int64) - lo) // size
+        ends = span[:, 1]
+        # segments: each tensor, and each gap before the next one (other dtypes' bytes, reduced and ignored)
+        starts = np.unique(np.concatenate([span[:, 0], ends[ends < len(u)]]))
+        u_max, s_max = _segment_maxima(u, u.view(signed), starts.astype(np.intp))
+        first = np.searchsorted(starts, span[:, 0])  # the segment of each tensor
+        u_max, s_max = u_max[first], s_max[first]
+        bad = ((s_max >= pos) | (u_max >= neg)).tolist()
+        zero = ((s_max <= 0) & (u_max <= sign)).tolist()
+        out.update((k, (bad[i], zero[i])) for i, (_b, _e, k) in enumerate(items))
+    return out
+
+
+_BLOCK_BYTES = 1 << 20  # the scan's block: both reductions of a block read it while it is in L2
+
+
+def _segment_maxima(u: np.ndarray, s: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per segment (`starts`, ascending, from 0) the max of `u` and of `s` (two views of the same
+    bytes), block by block: one pass over memory instead of two (the scan is memory-bound)."""
+    n, block = len(u), max(1, _BLOCK_BYTES // u.itemsize)
+    u_max = np.full(len(starts), np.iinfo(u.dtype).min, u.dtype)
+    s_max = np.full(len(starts), np.iinfo(s.dtype).min, s.dtype)
+    at = np.arange(0, n, block)
+    first = np.searchsorted(starts, at, "right") - 1  # the segment each block begins in
+    stop = np.searchsorted(starts, np.minimum(at + block, n), "left")  # the first segment after it
+    for a, lo, hi in zip(at.tolist(), first.tolist(), stop.tolist(), strict=True):
+        local = starts[lo:hi] - a
+        local[0] = 0  # the segment running in from the previous block
+        for view, out in ((u, u_max), (s, s_max)):
+            np.maximum(out[lo:hi], np.maximum.reduceat(view[a:a + block], local), out=out[lo:hi])
+    return u_max, s_max
+
+
+def _lora_scan(sf: SafetensorsFile, fm: formats.FileModule, info: ModuleInfo,
+               scan: dict[str, tuple[bool, bool]]) -> dict[str, bool]:
+    """The light pass of a LoRA A/B pair: shapes from the header, NaN/Inf (counted exactly when
+    present) and zero factors from the bits; delta norm 0.0 when a factor is all zero (exact), else
+    left None (computed by the full pass)."""
+    down_k, up_k = fm.parts["down"], fm.parts["up"]
+    (rank, *rest), (out, *inner) = (sf.header[k]["shape"] or [1] for k in (down_k, up_k))
+    info.in_features, info.out_features = int(math.prod(rest)), int(out)
+    checked, zero = {}, False
+    for key in (down_k, up_k):
+        bad, z = scan[key]
+        if bad:
+            info.nonfinite += int((~np.isfinite(sf.tensor(key))).sum())
+        checked[key] = bad
+        zero = zero or z
+    if zero and info.nonfinite == 0 and math.prod(inner) == rank:
+        info.delta_norm = float(fm.scale * 0.0)
     return checked
 
 

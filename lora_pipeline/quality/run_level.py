@@ -12,7 +12,9 @@
   ratio down, nearest-training distance down, trigger effect down from a clear one, more QUALITY
   findings) *and* the training side agrees:
   the run record carries the training half of the finding or TRAINING.LOSS_DIVERGED, or the LoRA
-  delta norm grew by more than `norm_growth` between those two checkpoints.
+  delta norm grew by more than `norm_growth` between those two checkpoints. Both come from the record
+  as the reports load it: ingestion computes no norm, `lora_pipeline.training.norms.with_norms` adds
+  the checkpoints' norms and the training half (report/diagnosis.py `load_record`).
 
 Section: {progression [{checkpoint_id, step, verdict, lora_effect, trigger_effect, hf_ratio,
 seed_diversity_ratio, nearest_training_distance, memorized, clip_lora_trigger, quality_findings}],

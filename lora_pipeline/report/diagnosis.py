@@ -64,9 +64,12 @@ def load_record(config: Config, run_id: str):
     if record is None:
         raise ReportError(f"{Storage(Path(config.storage)).run_record(run_id)}: no run record for run {run_id!r} "
                           "(ingest the run first)")
+    from lora_pipeline.training.norms import with_norms
     from lora_pipeline.training.record import Roots
 
-    return record.reanchored(Roots.of(config))  # its paths in this workspace, even moved or copied
+    # its paths in this workspace (even moved or copied), and the checkpoints' delta norms with the
+    # findings made of them, which ingestion leaves out (lora_pipeline/training/norms.py)
+    return with_norms(config, record.reanchored(Roots.of(config)))
 
 
 def dataset_findings(config: Config, record) -> tuple[list[Finding], dict[str, Any]]:

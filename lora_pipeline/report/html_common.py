@@ -87,8 +87,9 @@ def no_loss_reason(record: dict[str, Any]) -> str:
 
 
 def training_plots(run_dir: Path) -> str:
-    """The run's loss and weight-norm curves (written beside run.json at ingestion), each only when it
-    carries information; otherwise one sentence saying why it is not there."""
+    """The run's loss and weight-norm curves (beside run.json: the loss at ingestion, the weight norms
+    where they are computed), each only when it carries information; otherwise one sentence why not."""
+    import contextlib
     import json
 
     from lora_pipeline.training.curves import informative
@@ -98,7 +99,11 @@ def training_plots(run_dir: Path) -> str:
     except (OSError, ValueError):
         return "<p>No run record: no training plots.</p>"
     loss = [p for p in record.get("loss") or [] if isinstance(p, list | tuple) and len(p) == 2]
-    norms = [(c.get("step") or i, c.get("total_delta_norm")) for i, c in enumerate(record.get("checkpoints") or [])
+    checkpoints = record.get("checkpoints") or []
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # the delta norms are computed
+        # after ingestion and written beside their curve (lora_pipeline/training/norms.py)
+        checkpoints = json.loads((run_dir / "delta_norms.json").read_text("utf-8"))["checkpoints"]
+    norms = [(c.get("step") or i, c.get("total_delta_norm")) for i, c in enumerate(checkpoints)
              if isinstance(c.get("total_delta_norm"), int | float)]
     parts = [img_file(run_dir / "loss.png", "training loss curve") if loss else f"<p>{esc(no_loss_reason(record))}</p>"]
     if informative(norms):

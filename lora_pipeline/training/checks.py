@@ -1,6 +1,7 @@
 """Training findings with evidence, from the run record alone (loss series, settings, checkpoint
-delta norms). Thresholds live in `checks.*` of the config (lora_pipeline.config.ChecksConfig) and are
-documented in docs/training.md.
+delta norms). Ingestion gives `loss_and_settings_findings`; the delta norms are computed after it
+(training/norms.py, which adds `norm_findings`). Thresholds live in `checks.*` of the config
+(lora_pipeline.config.ChecksConfig) and are documented in docs/training.md.
 
 - TRAINING.LOSS_NOT_FINITE: any NaN/Inf in the loss series.
 - TRAINING.LOSS_DIVERGED: the EMA-smoothed loss (weight `loss_ema_alpha`) stays above
@@ -159,6 +160,24 @@ def _overtraining_findings(r: RunRecord, c: ChecksConfig) -> list[Finding]:
                      "threshold_norm_growth": c.overtrain_norm_growth, "half": "training"})]
 
 
+NORM_CODES = ("TRAINING.WEIGHTS_EXPLODING", "TRAINING.OVERTRAINING_SUSPECTED")
+
+
+def is_norm_finding(f: Finding) -> bool:
+    """A finding `norm_findings` makes (the render half of OVERTRAINING_SUSPECTED is not one)."""
+    return f.code in NORM_CODES and (f.evidence or {}).get("half", "training") == "training"
+
+
+def loss_and_settings_findings(r: RunRecord, c: ChecksConfig) -> list[Finding]:
+    """What ingestion finds: the loss series and the settings."""
+    return _loss_findings(r, c) + _settings_findings(r, c)
+
+
+def norm_findings(r: RunRecord, c: ChecksConfig) -> list[Finding]:
+    """What the checkpoints' delta norms show (`CheckpointRecord.total_delta_norm`, filled by
+    training/norms.py): TRAINING.WEIGHTS_EXPLODING and the training half of OVERTRAINING_SUSPECTED."""
+    return _weights_findings(r, c) + _overtraining_findings(r, c)
+
+
 def training_findings(r: RunRecord, c: ChecksConfig) -> list[Finding]:
-    return (_loss_findings(r, c) + _settings_findings(r, c) + _weights_findings(r, c)
-            + _overtraining_findings(r, c))
+    return loss_and_settings_findings(r, c) + norm_findings(r, c)

@@ -1,10 +1,17 @@
 """Ingesting a training run folder into one normalised `RunRecord` (issue 4).
 
     folder -> detect format -> parser (config files, logs, candidate checkpoint files)
-           -> each checkpoint read once: hash + header + analysis (cached by size+mtime)
+           -> each checkpoint read once: hash + header + light analysis (NaN/Inf and all-zero scan,
+              no delta norms), cached by size+mtime
            -> facts merged: config first, then headers and weights fill the gaps; disagreements kept
               in `record.conflicts` with a TRAINING.CONFIG_UNKNOWN finding
-           -> dataset link, training findings, curves
+           -> dataset link, training findings of the loss and settings, loss curve
+
+The checkpoints' delta norms, and the findings and curve made of them (TRAINING.WEIGHTS_EXPLODING,
+the training half of TRAINING.OVERTRAINING_SUSPECTED, delta_norm.png), come later, per checkpoint and
+cached by file hash (training/norms.py): `CheckpointRecord.total_delta_norm` is None in the record
+ingestion writes. The one exception: two files with the same step and size but different bytes have
+their norms computed here, since equal norms make the second an alias of the first (same weights).
 
 Bad input never raises out of `ingest_run`: pickles are ignored and reported (RUNTIME.LORA_INVALID),
 unreadable or truncated files become RUNTIME.LORA_INVALID, files still being written are listed in
@@ -17,6 +24,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +36,12 @@ from lora_pipeline.lora.safetensors_file import PICKLE_EXTENSIONS, LoraFileError
 from lora_pipeline.storage import Storage, checkpoint_id_for, checkpoint_partition_key, run_id_for
 from lora_pipeline.training import curves
 from lora_pipeline.training.checkpoints import FileIndex, compact, header_complete
-from lora_pipeline.training.checks import smooth, training_findings
+from lora_pipeline.training.checks import loss_and_settings_findings, smooth
 from lora_pipeline.training.common import FACTS, KEY_FACTS, Candidate, ParsedRun, config_unknown
 from lora_pipeline.training.dataset_link import link_dataset
 from lora_pipeline.training.formats import FORMATS, detect_format
 from lora_pipeline.training.header_facts import dataset_dirs, header_facts, step_epoch, weight_facts
+from lora_pipeline.training.norms import checkpoint_norm
 from lora_pipeline.training.record import CheckpointRecord, RunRecord
 
 # Trainer state beside the weights (optimizer, scheduler, RNG): pickles, but not LoRA checkpoints.
@@ -117,10 +126,14 @@ _ANALYSIS_BUGS = (ValueError, TypeError, IndexError, KeyError, ArithmeticError, 
 def _read_candidates(parsed: ParsedRun, folder: Path, record: RunRecord, index: FileIndex, config: Config,
                      now: float) -> list[tuple[Candidate, dict[str, Any]]]:
     out = []
-    for cand in parsed.candidates:
-        rel = cand.path.relative_to(folder).as_posix()
+    rels = [cand.path.relative_to(folder).as_posix() for cand in parsed.candidates]
+    analyses = index.light_analyses([(rel, cand.path) for rel, cand in zip(rels, parsed.candidates, strict=True)],
+                                    config.checks.full_verify)
+    for cand, rel in zip(parsed.candidates, rels, strict=True):
         try:
-            analysis = index.analysis(rel, cand.path, config.checks.full_verify)
+            analysis = analyses[rel]
+            if isinstance(analysis, Exception):
+                raise analysis
         except (LoraFileError, OSError, *_ANALYSIS_BUGS) as e:
             if isinstance(e, (LoraFileError, OSError)):
                 msg = str(e).replace(str(cand.path), rel)
@@ -143,7 +156,23 @@ def _read_candidates(parsed: ParsedRun, folder: Path, record: RunRecord, index: 
     return out
 
 
-def _checkpoints(read: list[tuple[Candidate, dict]], record: RunRecord) -> dict[str, dict]:
+NormOf = Callable[[str, str], "float | None"]  # (path, sha256) -> total delta norm, computed when needed
+
+
+def norm_lookup(config: Config, run_id: str, folder: Path, index: FileIndex) -> NormOf:
+    """The norms the same-weights alias check asks for: cached by hash, else computed (training/norms.py)."""
+    def norm_of(path: str, sha256: str) -> float | None:
+        return checkpoint_norm(config.storage, run_id, path, sha256, index=index, folder=folder,
+                               full_verify=config.checks.full_verify)
+    return norm_of
+
+
+def _checkpoints(read: list[tuple[Candidate, dict]], record: RunRecord, norm_of: NormOf | None = None
+                 ) -> dict[str, dict]:
+    """The checkpoint records, in step order. A file whose step is taken is an alias of that
+    checkpoint when it has the same bytes, or the same size and the same total delta norm (e.g.
+    kohya's final copy of the last step with other metadata; the norms computed for this case only,
+    by `norm_of`); otherwise it is a checkpoint of its own, named by its stem."""
     analyses: dict[str, dict] = {}
     order = sorted(read, key=lambda x: (x[0].step if x[0].step is not None else math.inf,
                                         x[0].epoch if x[0].epoch is not None else math.inf, x[0].final,
@@ -152,9 +181,11 @@ def _checkpoints(read: list[tuple[Candidate, dict]], record: RunRecord) -> dict[
         cid = checkpoint_id_for(cand.step, cand.epoch, cand.path.stem)
         prev = record.checkpoint(cid)
         if prev is not None:
-            same_weights = (prev.size == a["size"] and prev.total_delta_norm is not None
-                            and prev.total_delta_norm == _finite(a.get("total_delta_norm")))
-            if prev.sha256 == a["sha256"] or same_weights:  # e.g. kohya's final copy of the last step
+            same_weights = prev.sha256 == a["sha256"]
+            if not same_weights and prev.size == a["size"] and norm_of is not None:
+                before = norm_of(prev.path, prev.sha256)
+                same_weights = before is not None and before == norm_of(str(cand.path), a["sha256"])
+            if same_weights:  # e.g. kohya's final copy of the last step
                 prev.aliases.append(str(cand.path))
                 prev.final = prev.final or cand.final
                 continue
@@ -164,7 +195,7 @@ def _checkpoints(read: list[tuple[Candidate, dict]], record: RunRecord) -> dict[
         record.checkpoints.append(CheckpointRecord(
             checkpoint_id=cid, path=str(cand.path), sha256=a["sha256"], size=a["size"], step=cand.step,
             epoch=cand.epoch, partition_key=checkpoint_partition_key(record.run_id, cid),
-            mtime_ns=a.get("mtime_ns", 0), final=cand.final, total_delta_norm=_finite(a.get("total_delta_norm")),
+            mtime_ns=a.get("mtime_ns", 0), final=cand.final, total_delta_norm=None,  # training/norms.py
             nonfinite_tensors=len(a.get("nonfinite_tensors") or [])))
         analyses[cid] = a
         if a.get("malformed"):
@@ -179,10 +210,6 @@ def _checkpoints(read: list[tuple[Candidate, dict]], record: RunRecord) -> dict[
                 f"{cand.path.name}: {len(a['nonfinite_tensors'])} tensor(s) hold NaN/Inf.",
                 {"file": cand.path.name, "checkpoint_id": cid, "nonfinite_tensors": a["nonfinite_tensors"][:20]}))
     return analyses
-
-
-def _finite(v: Any) -> float | None:
-    return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
 
 
 def ingest_run(folder: str | Path, config: Config, *, now: float | None = None) -> Ingested:
@@ -204,8 +231,8 @@ def ingest_run(folder: str | Path, config: Config, *, now: float | None = None) 
     _pickles(folder, record)
     index = FileIndex(index_path(config.storage, run_id))
     read = _read_candidates(parsed, folder, record, index, config, now)
+    analyses = _checkpoints(read, record, norm_lookup(config, run_id, folder, index))
     index.save()
-    analyses = _checkpoints(read, record)
     merge_facts(record, parsed.facts)
     if record.checkpoints:
         last = record.checkpoints[-1]
@@ -231,7 +258,7 @@ def ingest_run(folder: str | Path, config: Config, *, now: float | None = None) 
         record.findings.append(config_unknown(
             folder, f"Key training facts are missing from config and headers: {', '.join(missing)}.",
             missing=missing, config_files=record.config_files))
-    record.findings.extend(training_findings(record, config.checks))
+    record.findings.extend(loss_and_settings_findings(record, config.checks))
     return Ingested(record, analyses)
 
 
@@ -252,15 +279,14 @@ def run_folder(config: Config, run_id: str) -> Path | None:
 
 
 def curves_of(record: RunRecord, checks) -> dict[str, bytes]:
+    """loss.png (delta_norm.png is drawn where the norms are computed: training/norms.py)."""
     sm = smooth([v for _, v in record.loss], checks.loss_ema_alpha)
     steps = [c.step for c in record.checkpoints if c.step is not None]
-    pts = [(float(c.step if c.step is not None else i), c.total_delta_norm)
-           for i, c in enumerate(record.checkpoints) if c.total_delta_norm is not None]
-    return {"loss.png": curves.loss_curve(record.loss, sm, steps), "delta_norm.png": curves.delta_norm_curve(pts)}
+    return {"loss.png": curves.loss_curve(record.loss, sm, steps)}
 
 
 def write_run_record(config: Config, ingested: Ingested) -> dict[str, Path]:
-    """storage/runs/<run_id>/run.json (+ loss.png, delta_norm.png), each written atomically."""
+    """storage/runs/<run_id>/run.json (+ loss.png), each written atomically."""
     record = ingested.record
     dest = Storage(Path(config.storage)).run_record(record.run_id)
     out = {}

@@ -52,7 +52,9 @@ class CheckpointRecord:
     mtime_ns: int = 0
     final: bool = False  # the trainer's final file (e.g. kohya `<name>.safetensors`)
     aliases: list[str] = field(default_factory=list)  # other files with the same bytes (absolute)
-    total_delta_norm: float | None = None  # ||delta W||_F over all modules (from the analysis)
+    # ||delta W||_F over all modules: not computed at ingestion (None in run.json); filled in memory
+    # where it is needed, from the per-checkpoint norms cached by file hash (training/norms.py)
+    total_delta_norm: float | None = None
     nonfinite_tensors: int = 0
 
 

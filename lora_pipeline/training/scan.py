@@ -24,7 +24,13 @@ from lora_pipeline.storage import run_id_for
 from lora_pipeline.training.checkpoints import FileIndex, header_complete
 from lora_pipeline.training.common import Candidate, ParsedRun
 from lora_pipeline.training.formats import FORMATS, detect_format
-from lora_pipeline.training.ingest import _checkpoints, _read_candidates, discover_run_folders, index_path
+from lora_pipeline.training.ingest import (
+    _checkpoints,
+    _read_candidates,
+    discover_run_folders,
+    index_path,
+    norm_lookup,
+)
 from lora_pipeline.training.record import RunRecord
 from lora_pipeline.training.settle import Left, Pending, pending_of, recheck
 
@@ -127,8 +133,8 @@ def _finish(look: _Look, config: Config, now: float) -> RunScan:
     parsed.candidates = look.ready
     scratch = RunRecord(run_id=look.run_id, folder=str(folder), format=parsed.format)
     read = _read_candidates(parsed, folder, scratch, look.index, config, now)
+    _checkpoints(read, scratch, norm_lookup(config, look.run_id, folder, look.index))  # as ingestion names them
     look.index.save()
-    _checkpoints(read, scratch)
     scan = RunScan(look.run_id, folder, run_fingerprint([c.sha256 for c in scratch.checkpoints],
                                                         config_stats(folder, parsed.config_files)),
                    waiting=[p.rel for _c, p in look.pending])

@@ -57,4 +57,5 @@ def test_materialize_checkpoint_and_run_reports(world):
         meta = r.asset_materializations_for_node("run_report")[0].metadata
         assert meta["checkpoint_verdicts"].value == {"step-00000003": "ok", LAST: "ok"}
         assert meta["best_checkpoint"].value in {"step-00000003", LAST}
+        assert meta["delta_norm_curve"].value.startswith("![")  # the norms are computed for the reports
         assert r.get_asset_check_evaluations()[0].passed

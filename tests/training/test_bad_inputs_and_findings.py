@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from lora_pipeline.training.ingest import IngestError, ingest_run
+from lora_pipeline.training.norms import with_norms
 from tests.training import fixtures as fx
 
 
@@ -99,7 +100,7 @@ def _native_with(runs_dir, native_run, loss=None, edit=None, name="native run"):
 
 
 def test_clean_run_has_no_loss_or_weight_findings(runs_dir, workspace, native_run):
-    r = ingest_run(fx.native(runs_dir, native_run), workspace[1]).record
+    r = with_norms(workspace[1], ingest_run(fx.native(runs_dir, native_run), workspace[1]).record)
     codes = {f.code for f in r.findings}
     assert not codes & {"TRAINING.LOSS_NOT_FINITE", "TRAINING.LOSS_DIVERGED", "TRAINING.WEIGHTS_EXPLODING",
                         "TRAINING.OVERTRAINING_SUSPECTED", "TRAINING.CONFIG_UNKNOWN"}
@@ -139,8 +140,11 @@ def test_weights_exploding(runs_dir, workspace, toy_lora):
     fx._save(run / "boom_step100.safetensors", toy_lora[0], {})
     fx._save(run / "boom_step200.safetensors", fx.at_step(toy_lora[0], 50.0), {})
     r = ingest_run(run, workspace[1]).record
-    (f,) = _by_code(r, "TRAINING.WEIGHTS_EXPLODING")
+    assert not _by_code(r, "TRAINING.WEIGHTS_EXPLODING")  # no norms at ingestion: training/norms.py
+    (f,) = _by_code(with_norms(workspace[1], r), "TRAINING.WEIGHTS_EXPLODING")
     assert f.evidence["jumps"][0]["norm_ratio"] > 40 and f.evidence["jumps"][0]["step_ratio"] == 2.0
+    (again,) = _by_code(with_norms(workspace[1], r), "TRAINING.WEIGHTS_EXPLODING")  # replaced, not added
+    assert again.evidence == f.evidence
 
 
 def test_overtraining_suspected_training_half(runs_dir, workspace, toy_lora):
@@ -148,7 +152,7 @@ def test_overtraining_suspected_training_half(runs_dir, workspace, toy_lora):
     for step, scale in ((800, 1.0), (1600, 1.6), (2400, 2.2)):
         fx._save(run / f"long_step{step}.safetensors", fx.at_step(toy_lora[0], scale),
                  {"ss_dataset_dirs": json.dumps({"1_products": {"n_repeats": 1, "img_count": 8}})})
-    r = ingest_run(run, workspace[1]).record
+    r = with_norms(workspace[1], ingest_run(run, workspace[1]).record)
     (f,) = _by_code(r, "TRAINING.OVERTRAINING_SUSPECTED")
     assert f.evidence["suspect_checkpoints"] == ["step-00001600", "step-00002400"]
     assert f.evidence["half"] == "training" and f.evidence["norm_growth"] > 1.25

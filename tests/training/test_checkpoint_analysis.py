@@ -130,7 +130,7 @@ def test_checkpoint_analysis_shares_the_work_and_equals_the_plain_analysis(tmp_p
         tensors[f"lora_unet_mid_block_attentions_0_m{i}.lora_up.weight"] = up
     f = tmp_path / "ck.safetensors"
     save_file(tensors, str(f), metadata={"ss_network_dim": "43"})
-    got = analyse_checkpoint(f)
+    got = analyse_checkpoint(f, norms=True)
     plain = analyse(read_safetensors(f)).to_dict()
     assert got["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
     assert got["modules"] == plain["modules"] and got["total_delta_norm"] == plain["total_delta_norm"]

@@ -96,3 +96,12 @@ def test_materialize_training_run_and_lora_checkpoint(defs, workspace, native_ru
     analysis = json.loads(storage.checkpoint_analysis("native_run", "step-00000006").read_text())
     assert analysis["sha256"] == doc["checkpoints"][1]["sha256"] == m2.tags["dagster/data_version"]
     assert analysis["base_check"]["consistent"] and analysis["analysis"]["ranks"] == [4]
+    # the delta norms: not at ingestion, but in the checkpoint's step, cached by file hash for the reports
+    from lora_pipeline.training.norms import cached_norm
+
+    assert doc["checkpoints"][1]["total_delta_norm"] is None
+    norm = analysis["analysis"]["total_delta_norm"]
+    assert norm > 0 and m2.metadata["total_delta_norm"].value == norm
+    assert cached_norm(workspace[1].storage, "native_run", analysis["sha256"]) == (True, norm)
+    assert cached_norm(workspace[1].storage, "native_run", doc["checkpoints"][0]["sha256"]) == (False, None)
+    assert "computed by its lora_checkpoint step" in m1.metadata["delta_norm_curve"].value

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from lora_pipeline.training.ingest import discover_runs, ingest_run
+from lora_pipeline.training.norms import with_norms
 from tests.training import fixtures as fx
 
 
@@ -23,7 +24,8 @@ def test_native(runs_dir, workspace, native_run, toy_base):
     assert [s for s, _ in r.loss] == [1, 2, 3, 4, 5, 6] and all(math.isfinite(v) for _, v in r.loss)
     assert r.dataset.name == "products" and r.images == 8
     assert r.checkpoints[-1].final and r.checkpoints[0].partition_key == "step-00000003|native_run"
-    assert all(len(c.sha256) == 64 and c.size > 0 and c.total_delta_norm > 0 for c in r.checkpoints)
+    assert all(len(c.sha256) == 64 and c.size > 0 and c.total_delta_norm is None for c in r.checkpoints)
+    assert all(c.total_delta_norm > 0 for c in with_norms(workspace[1], r).checkpoints)  # computed after ingestion
     assert "TRAINING.CONFIG_UNKNOWN" not in _codes(r) and not r.conflicts
 
 
@@ -113,6 +115,9 @@ def test_curves_are_small_pngs(runs_dir, workspace, native_run, missing):
 
     ing = ingest_run(fx.native(runs_dir, native_run), workspace[1])
     files = write_run_record(workspace[1], ing)
+    assert "delta_norm.png" not in files  # drawn where the norms are computed (training/norms.py)
+    with_norms(workspace[1], ing.record)
+    files["delta_norm.png"] = files["run.json"].parent / "delta_norm.png"
     for name in ("loss.png", "delta_norm.png"):
         data = files[name].read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 20_000
