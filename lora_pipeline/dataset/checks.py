@@ -14,6 +14,10 @@ same frame built in memory by `check-dataset`) and returns `Finding`s whose evid
 | resolution | LOW_RESOLUTION | shorter side < `resolution` (default 512) |
 | enough_images | TOO_FEW_IMAGES | readable images < `min_images` (default 10) |
 | caption_length | CAPTION_TOO_LONG | tokens (with start/end) > the tokenizer's limit (77 for CLIP) |
+
+The caption rules are Python regular expressions; they run over the whole manifest column in polars
+where that gives the same answer (see `lora_pipeline.dataset.tokens.SAFE_TEXT`), one caption at a
+time in Python elsewhere.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import polars as pl
 
 from lora_pipeline.dataset.guard import parse_refusal
 from lora_pipeline.dataset.layout import IMAGE_EXTENSIONS
+from lora_pipeline.dataset.tokens import SAFE_TEXT, safe_text
 from lora_pipeline.findings import Finding
 
 MAX_EXAMPLES = 20
@@ -41,6 +46,12 @@ VAGUE_TERMS: tuple[str, ...] = (
 )
 _VAGUE = re.compile(r"(?<![A-Za-z0-9])(" + "|".join(re.escape(t) for t in VAGUE_TERMS) + r")(?![A-Za-z0-9])",
                     re.IGNORECASE)
+
+# The caption checks run in polars (Rust regex) over the whole column where that is exact: on "safe"
+# text (lora_pipeline.dataset.tokens.safe_text); a caption with other characters is checked in Python,
+# as is every caption the fast test flags, so the findings are those of the Python rules.
+assert all(re.fullmatch(r"[A-Za-z0-9 -]+", t) for t in VAGUE_TERMS)  # needs no escaping in either syntax
+_VAGUE_FAST = r"(?i)(?:^|[^A-Za-z0-9])(?:" + "|".join(VAGUE_TERMS) + r")(?:[^A-Za-z0-9]|$)"
 
 
 @dataclass
@@ -118,7 +129,10 @@ def check_readable_images(inp: CheckInput) -> list[Finding]:
 def check_literal_captions(inp: CheckInput) -> list[Finding]:
     hits: dict[str, list[str]] = {}
     terms: dict[str, int] = defaultdict(int)
-    for path, cap in _captioned(inp).select("path", "caption").iter_rows():
+    caps = _captioned(inp).select("path", "caption")
+    # only captions that may carry a term: the fast test is exact on safe text, the rest is read in Python
+    maybe = caps.filter(~pl.col("caption").str.contains(SAFE_TEXT) | pl.col("caption").str.contains(_VAGUE_FAST))
+    for path, cap in maybe.iter_rows():
         found = sorted({m.lower() for m in _VAGUE.findall(cap)})
         if found:
             hits[path] = found
@@ -136,21 +150,29 @@ def _norm(caption: str) -> str:
     return re.sub(r"\s+", " ", caption.lower()).strip(" .,;")
 
 
+def _norms(captions: pl.Series) -> pl.Series:
+    """`_norm` of each caption: in polars for safe text, in Python for the rest."""
+    fast = captions.str.to_lowercase().str.replace_all(r"\s+", " ").str.strip_chars(" .,;")
+    unsafe = (~safe_text(captions)).arg_true()
+    if unsafe.len():
+        fast = fast.scatter(unsafe, [_norm(c) for c in captions.gather(unsafe).to_list()])
+    return fast
+
+
 def check_caption_variety(inp: CheckInput) -> list[Finding]:
-    caps = _captioned(inp).select("path", "caption").rows()
-    if len(caps) < 2:
+    caps = _captioned(inp).select("path", "caption")
+    if caps.height < 2:
         return []
-    groups: dict[str, list[str]] = defaultdict(list)
-    for path, cap in caps:
-        groups[_norm(cap)].append(path)
-    ratio = len(groups) / len(caps)
+    norms = _norms(caps["caption"])
+    distinct = norms.n_unique()
+    ratio = distinct / caps.height
     if ratio >= inp.min_distinct_caption_ratio:
         return []
-    repeated = sorted(p for g in groups.values() if len(g) > 1 for p in g)
+    repeated = sorted(caps["path"].filter(norms.is_duplicated()).to_list())
     return [Finding("DATASET.UNIFORM_CAPTIONS", inp.subject,
-                    f"Only {len(groups)} distinct caption(s) for {len(caps)} images "
+                    f"Only {distinct} distinct caption(s) for {caps.height} images "
                     f"(ratio {ratio:.2f} < {inp.min_distinct_caption_ratio}).",
-                    _ev(repeated, distinct=len(groups), captions=len(caps), ratio=round(ratio, 3),
+                    _ev(repeated, distinct=distinct, captions=caps.height, ratio=round(ratio, 3),
                         threshold=inp.min_distinct_caption_ratio))]
 
 
@@ -166,22 +188,15 @@ def check_trigger(inp: CheckInput) -> list[Finding]:
         return []
     trig = inp.trigger.strip()
     pat = trigger_pattern(trig)
-    absent: list[str] = []
-    variants: dict[str, list[str]] = defaultdict(list)
-    caps = _captioned(inp).select("path", "caption").rows()
-    for path, cap in caps:
-        found = pat.findall(cap)
-        if not found:
-            absent.append(path)
-        for spelling in {f for f in found if f != trig}:
-            variants[spelling].append(path)
+    frame = _captioned(inp).select("path", "caption")
+    absent, variants = _trigger_matches(pat, trig, frame)
     if not absent and not variants:
         return []
     varied = sorted({p for ps in variants.values() for p in ps})
     paths = sorted(set(absent) | set(varied))
     parts = []
     if absent:
-        parts.append(f"missing from {len(absent)} of {len(caps)} captions")
+        parts.append(f"missing from {len(absent)} of {frame.height} captions")
     if variants:
         parts.append(f"spelled {', '.join(repr(v) for v in sorted(variants))} in {len(varied)}")
     return [Finding("DATASET.TRIGGER_INCONSISTENT", inp.subject,
@@ -191,36 +206,92 @@ def check_trigger(inp: CheckInput) -> list[Finding]:
                         variant_count=len(varied)))]
 
 
+def _trigger_matches(pat: re.Pattern[str], trig: str,
+                     frame: pl.DataFrame) -> tuple[list[str], dict[str, list[str]]]:
+    """The captions (path, caption) without a match of `pat`, and each spelling other than `trig`
+    with the captions it is in. The captions are searched as one text, joined by NUL (no match
+    crosses a NUL, and the trigger's boundaries see it as the start or end of a caption), each match
+    traced back to its caption; with a NUL in a caption or the trigger, one caption at a time."""
+    paths, texts = frame["path"].to_list(), frame["caption"].to_list()
+    absent: list[str] = []
+    variants: dict[str, list[str]] = defaultdict(list)
+    if "\0" in trig or frame["caption"].str.contains("\x00", literal=True).any():
+        for path, cap in zip(paths, texts, strict=True):
+            found = pat.findall(cap)
+            if not found:
+                absent.append(path)
+            for spelling in {f for f in found if f != trig}:
+                variants[spelling].append(path)
+        return absent, variants
+    matches = [(m.start(), m.group()) for m in pat.finditer("\0".join(texts))]
+    ends = np.cumsum(frame["caption"].str.len_chars().to_numpy().astype(np.int64) + 1)
+    rows = np.searchsorted(ends, np.array([m[0] for m in matches], dtype=np.int64), side="right")
+    hit = np.zeros(len(texts), dtype=bool)
+    hit[rows] = True
+    absent = [paths[i] for i in np.flatnonzero(~hit).tolist()]
+    seen: dict[str, dict[int, None]] = defaultdict(dict)  # spelling -> rows, once each, in order
+    for row, (_, spelling) in zip(rows.tolist(), matches, strict=True):
+        if spelling != trig:
+            seen[spelling][row] = None
+    for spelling, in_rows in seen.items():
+        variants[spelling] = [paths[i] for i in in_rows]
+    return absent, variants
+
+
 def near_duplicate_pairs(hashes: list[str], distance: int) -> list[tuple[int, int]]:
     """Index pairs (i < j) whose 64-bit hashes differ in at most `distance` bits.
 
     Pigeonhole (multi-index hashing): two hashes within `distance` bits agree exactly on at least one
-    of `distance + 1` bit blocks, so only hashes sharing a block value are compared (with numpy).
+    of `distance + 1` bit blocks, so only hashes sharing a block value are compared (with numpy): in
+    each block's sorted order, the members of small groups with every offset at once, a large group
+    in chunks.
     """
     n = len(hashes)
     if n < 2:
         return []
-    arr = np.array([int(h, 16) for h in hashes], dtype=np.uint64)
+    if all(len(h) == 16 for h in hashes):  # the manifest's hex digits, converted at once
+        arr = np.frombuffer(bytes.fromhex("".join(hashes)), dtype=">u8").astype(np.uint64)
+    else:
+        arr = np.array([int(h, 16) for h in hashes], dtype=np.uint64)
     blocks = min(distance + 1, 64)
     bounds = np.linspace(0, 64, blocks + 1).astype(int)
-    pairs: set[tuple[int, int]] = set()
+    found: list[np.ndarray] = []  # i * n + j for each pair
+
+    def keep(i: np.ndarray, j: np.ndarray) -> None:
+        close = np.bitwise_count(arr[i] ^ arr[j]) <= distance
+        lo, hi = np.minimum(i, j)[close], np.maximum(i, j)[close]
+        found.append(lo.astype(np.int64) * n + hi)
+
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         width = int(hi - lo)
         keys = (arr >> np.uint64(lo)) & np.uint64((1 << width) - 1) if width < 64 else arr
         order = np.argsort(keys, kind="stable")
         sk = keys[order]
         starts = np.flatnonzero(np.r_[True, sk[1:] != sk[:-1]])
-        ends = np.r_[starts[1:], n]
-        for s, e in zip(starts, ends, strict=True):
-            if e - s < 2:
-                continue
-            idx = np.sort(order[s:e])
-            for c in range(0, len(idx), 1024):
+        sizes = np.diff(np.r_[starts, n])
+        large = sizes > _SMALL_GROUP
+        in_small = ~np.repeat(large, sizes)  # per sorted position
+        k = 1
+        while k < n:  # positions k apart in the same (small) group: every pair of a group, offset by offset
+            same = np.flatnonzero((sk[:-k] == sk[k:]) & in_small[:-k])
+            if not same.size:
+                break
+            keep(order[same], order[same + k])
+            k += 1
+        for s, size in zip(starts[large].tolist(), sizes[large].tolist(), strict=True):
+            idx = np.sort(order[s:s + size])
+            for c in range(0, size, 1024):
                 rows = idx[c:c + 1024]
                 dist = np.bitwise_count(arr[rows][:, None] ^ arr[idx][None, :])
                 ii, jj = np.nonzero((dist <= distance) & (rows[:, None] < idx[None, :]))
-                pairs.update(zip(rows[ii].tolist(), idx[jj].tolist(), strict=True))
-    return sorted(pairs)
+                found.append(rows[ii].astype(np.int64) * n + idx[jj])
+    if not found:
+        return []
+    codes = np.unique(np.concatenate(found))
+    return list(zip((codes // n).tolist(), (codes % n).tolist(), strict=True))
+
+
+_SMALL_GROUP = 32  # a block value shared by more hashes than this is compared in chunks
 
 
 def _groups(pairs: list[tuple[str, str]]) -> list[list[str]]:
@@ -243,7 +314,7 @@ def _groups(pairs: list[tuple[str, str]]) -> list[list[str]]:
 def check_duplicates(inp: CheckInput) -> list[Finding]:
     df = inp.frame.filter(pl.col("size") > 0)
     by_sha: dict[str, list[str]] = defaultdict(list)
-    for path, sha in df.select("path", "sha256").iter_rows():
+    for path, sha in df.filter(pl.col("sha256").is_duplicated()).select("path", "sha256").iter_rows():
         by_sha[sha].append(path)
     exact = [sorted(g) for g in by_sha.values() if len(g) > 1]
     reps = df.filter(pl.col("phash").is_not_null()).unique("sha256", keep="first", maintain_order=True)
@@ -285,13 +356,19 @@ def check_enough_images(inp: CheckInput) -> list[Finding]:
 
 
 def check_caption_length(inp: CheckInput) -> list[Finding]:
-    from lora_pipeline.dataset.tokens import count_tokens
+    from lora_pipeline.dataset.tokens import count_tokens, estimate_column, tokenizer_folder
 
-    caps = _captioned(inp).select("path", "caption").rows()
-    if not caps:
+    frame = _captioned(inp).select("path", "caption")
+    if frame.is_empty():
         return []
-    counts, limit, method = count_tokens([c for _, c in caps], inp.tokenizer_base)
-    long = {p: counts[c] for p, c in caps if counts[c] > limit}
+    if tokenizer_folder(inp.tokenizer_base) is None:  # the estimate, for the whole column at once
+        counts_col, limit, method = estimate_column(frame["caption"])
+        over = frame.with_columns(counts_col.alias("tokens")).filter(pl.col("tokens") > limit)
+        long = dict(zip(over["path"].to_list(), over["tokens"].to_list(), strict=True))
+    else:
+        caps = frame.rows()
+        counts, limit, method = count_tokens([c for _, c in caps], inp.tokenizer_base)
+        long = {p: counts[c] for p, c in caps if counts[c] > limit}
     if not long:
         return []
     paths = sorted(long)

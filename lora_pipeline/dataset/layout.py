@@ -17,6 +17,7 @@ import csv
 import errno
 import io
 import json
+import operator
 import os
 import re
 import stat
@@ -93,12 +94,22 @@ def read_text_lenient(path: Path, cap: int = DEFAULT_MAX_FILE_BYTES) -> tuple[st
         return data.decode("utf-8", errors="replace"), True
 
 
-def _repeats_for(rel: Path) -> int:
-    for part in reversed(rel.parts[:-1]):
+def _repeats_in(folder: str) -> int:
+    """The repeat count of the innermost kohya `<repeats>_<name>` folder of a relative folder path."""
+    if not folder or folder == ".":
+        return 1
+    for part in reversed(folder.split("/")):
         m = _REPEAT_DIR.match(part)
         if m:
             return max(1, int(m.group(1)))
     return 1
+
+
+def _suffix(name: str) -> str:
+    """pathlib's `PurePath.suffix` of a file name: from its last dot, unless that is the first or
+    last character."""
+    i = name.rfind(".")
+    return name[i:] if 0 < i < len(name) - 1 else ""
 
 
 def _inside(root: Path, path: Path) -> bool:
@@ -144,12 +155,13 @@ def walk_dataset(root: Path, *, exclude: Iterable[str | os.PathLike | tuple[str 
     if os.environ.get("DAGSTER_HOME"):
         add_exclusion(os.environ["DAGSTER_HOME"], "the Dagster home")
     seen: set = {root_key}
+    files = out.files
     stack: list[tuple[str, str, bool, tuple[int, int] | None]] = [("", str(root), False, root_key)]
     while stack:
         prefix, folder, bad_name, key = stack.pop()
         try:
             with os.scandir(folder) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                entries = sorted(it, key=_entry_name)
         except OSError as e:
             if not prefix:
                 raise DatasetError(f"{root}: cannot list the dataset folder ({e.strerror})") from None
@@ -165,12 +177,15 @@ def walk_dataset(root: Path, *, exclude: Iterable[str | os.PathLike | tuple[str 
         if CONFIG_FILENAME in names:
             for path, reason in config_roots(os.path.join(folder, CONFIG_FILENAME)):
                 add_exclusion(path, reason)
-        for e in entries:
-            if _ignored(e.name):
+        for e in entries:  # once per file on every scan: _ignored and is_dataset_file inline
+            name = e.name
+            if name[0] == "." or name.lower() in SYSTEM_FILES:
                 continue
-            rel = prefix + e.name
-            dataset_named = is_dataset_file(rel)
-            name_bad = bad_name or not is_utf8(e.name)
+            rel = prefix + name
+            dot = name.rfind(".")  # os.path.splitext of a name that does not start with a dot
+            ext = name[dot:].lower() if dot > 0 else ""
+            dataset_named = ext in IMAGE_EXTENSIONS or ext in CAPTION_EXTENSIONS or name in METADATA_FILES
+            name_bad = bad_name or not (name.isascii() or is_utf8(name))
             try:
                 if e.is_symlink():
                     _symlink(root, e, rel, dataset_named, name_bad, max_file_bytes, out)
@@ -190,11 +205,18 @@ def walk_dataset(root: Path, *, exclude: Iterable[str | os.PathLike | tuple[str 
             except OSError as err:
                 out.refused.append(refusal(rel, os_reason(err)))
                 continue
-            _regular(rel, st, name_bad, max_file_bytes, out)
+            if st.st_size <= max_file_bytes and not name_bad and S_ISREG(st.st_mode):  # _regular's usual case
+                files.append((rel, st.st_size, st.st_mtime_ns))
+            else:
+                _regular(rel, st, name_bad, max_file_bytes, out)
     out.files.sort()
     out.refused.sort()
     out.excluded.sort()
     return out
+
+
+_entry_name = operator.attrgetter("name")
+S_ISREG = stat.S_ISREG
 
 
 def _regular(rel: str, st: os.stat_result, name_bad: bool, cap: int, out: Walked) -> None:
@@ -280,39 +302,52 @@ def list_dataset(root: str | os.PathLike, read_text: CaptionReader | None = None
         def read_text(rel: str) -> tuple[str, bool]:
             return read_text_lenient(root_p / rel)
     walked = walked if walked is not None else walk_dataset(root_p)
-    files = [Path(f[0]) for f in walked.files]
+    # Relative paths as strings (the walk's, already POSIX and normalised): one pathlib.Path per
+    # file costs more than the pairing itself. `_suffix` is pathlib's `suffix`.
+    files = [f[0] for f in walked.files]
     listing = DatasetListing(root=root_p, refused_symlinks=list(walked.refused),
-                             files=[f.as_posix() for f in files], excluded=list(walked.excluded))
+                             files=list(files), excluded=list(walked.excluded))
     metadata: dict[str, tuple[str, str]] = {}
+    images: list[tuple[str, str]] = []  # (path, suffix)
+    captions: dict[str, str] = {}  # path without suffix + lower-case suffix -> caption file
     for f in files:
-        if f.name in METADATA_FILES:
+        name = f.rpartition("/")[2]
+        if name in METADATA_FILES:
             rows, bad = _read_metadata(root_p / f, root_p, read_text)
             metadata.update(rows)
             if bad:
-                listing.metadata_decode_errors.append(f.as_posix())
-    images = [f for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
-    captions = {f.with_suffix("").as_posix() + f.suffix.lower(): f for f in files
-                if f.suffix.lower() in CAPTION_EXTENSIONS and f.name not in METADATA_FILES}
+                listing.metadata_decode_errors.append(f)
+            continue
+        suffix = _suffix(name)
+        low = suffix.lower()
+        if low in IMAGE_EXTENSIONS:
+            images.append((f, suffix))
+        elif low in CAPTION_EXTENSIONS:
+            captions[f[:len(f) - len(suffix)] + low] = f
     used: set[str] = set()
-    for img in images:
-        rel = img.as_posix()
-        pair = Pair(image=rel, caption_source=None, caption=None, repeats=_repeats_for(img))
-        stem = img.with_suffix("").as_posix()
+    repeats: dict[str, int] = {}
+    for rel, suffix in images:
+        folder = rel.rpartition("/")[0]
+        n = repeats.get(folder)
+        if n is None:
+            n = repeats[folder] = _repeats_in(folder)
+        pair = Pair(image=rel, caption_source=None, caption=None, repeats=n)
+        stem = rel[:len(rel) - len(suffix)]
         for ext in CAPTION_EXTENSIONS:
             cap = captions.get(stem + ext)
             if cap is not None:
-                pair.caption, pair.caption_decode_error = read_text(cap.as_posix())
-                pair.caption = pair.caption.strip()
-                pair.caption_source = cap.as_posix()
-                used.add(cap.as_posix())
+                text, pair.caption_decode_error = read_text(cap)
+                pair.caption = text.strip()
+                pair.caption_source = cap
+                used.add(cap)
                 break
         if pair.caption is None and rel in metadata:
             pair.caption, pair.caption_source = metadata[rel][0].strip(), metadata[rel][1]
             pair.caption_decode_error = metadata[rel][1] in listing.metadata_decode_errors
         listing.pairs.append(pair)
-    image_set = {i.as_posix() for i in images}
+    image_set = {i for i, _ in images}
     listing.orphan_captions = sorted(
-        [c.as_posix() for c in captions.values() if c.as_posix() not in used]
+        [c for c in captions.values() if c not in used]
         + [f"{src}#{name}" for name, (_, src) in metadata.items() if name not in image_set]
     )
     return listing

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import secrets
 import stat
 import struct
@@ -127,8 +128,9 @@ def index_entries(df: pl.DataFrame) -> dict[str, Loc]:
     for col, dtype in INDEX_SCHEMA.items():
         if df.schema.get(col) != dtype:
             raise ValueError(f"column {col}: {df.schema.get(col)}, not {dtype}")
-    bad = df.filter(~pl.col("sha256").fill_null("").str.contains(SHA_HEX)
-                    | (pl.col("pack").is_not_null() & ~pl.col("pack").fill_null("").str.contains(PACK_NAME))
+    # the pack names checked once each (a snapshot's objects lie in a few packs)
+    bad_packs = [p for p in df["pack"].drop_nulls().unique().to_list() if not re.fullmatch(PACK_NAME, p)]
+    bad = df.filter(~pl.col("sha256").fill_null("").str.contains(SHA_HEX) | pl.col("pack").is_in(bad_packs)
                     | pl.col("offset").is_null() | pl.col("length").is_null()
                     | (pl.col("offset") < 0) | (pl.col("length") < 0))
     if bad.height:
@@ -184,12 +186,15 @@ class ObjectStore:
         self._any_loose: bool | None = None
 
     # -- where objects are ------------------------------------------------------------------------
-    def locate(self, sha: str) -> Loc | None:
-        """A committed packed location of `sha` (the previous snapshot's first), else None."""
+    def _load_prefer(self) -> None:
         if self._prefer is None and self._prefer_loader is not None:
             with self._lock:
                 if self._prefer is None:
                     self._prefer = self._prefer_loader()
+
+    def locate(self, sha: str) -> Loc | None:
+        """A committed packed location of `sha` (the previous snapshot's first), else None."""
+        self._load_prefer()
         loc = self._prefer.entries.get(sha) if self._prefer is not None else None
         if loc is not None and loc[0] is not None:
             return loc
@@ -210,13 +215,17 @@ class ObjectStore:
                 self._pack_sizes[name] = -1
         return loc[2] == size and self._pack_sizes[name] >= loc[1] + size
 
-    def _loose_has(self, sha: str, size: int) -> bool:
+    def _loose_listed(self) -> bool:
+        """Whether objects/ has any folder of loose objects (listed once)."""
         if self._any_loose is None:
             try:
                 self._any_loose = any(len(n) == 2 for n in os.listdir(self.root))
             except OSError:
                 self._any_loose = False
-        if not (self._any_loose or sha in self.loose_written):
+        return self._any_loose
+
+    def _loose_has(self, sha: str, size: int) -> bool:
+        if not (self._loose_listed() or sha in self.loose_written):
             return False
         try:
             st = os.lstat(loose_path(self.storage_root, sha))
@@ -244,6 +253,40 @@ class ObjectStore:
                     and self._pack_sizes.get(loc[0], -1) >= loc[1] + size:
                 return True
         return self.where(sha, size) is not None
+
+    def held_view(self) -> tuple[dict[str, Loc], dict[str, int]] | None:
+        """For `has` inline in a loop over a dataset's files: the previous snapshot's index and the
+        sizes of the packs `where` has looked at. An object there, in a pack, with its length, in a
+        pack at least as long as the object's end, is one `has` finds; any other is asked of `has`.
+        None for a store that checks more (VerifyingObjectStore)."""
+        if type(self) is not ObjectStore:
+            return None
+        self._load_prefer()
+        return (self._prefer.entries if self._prefer is not None else {}), self._pack_sizes
+
+    def put_function(self) -> Callable[[str, bytes], bool]:
+        """`put`, for one call per file of a dataset: an object found in none of the places `has`
+        looks (this pack, the previous snapshot's index, every snapshot's index, loose files) is
+        appended without walking them one method at a time; any other goes through `put`."""
+        if type(self) is not ObjectStore:
+            return self.put
+        pending, good, loose_written, put, append = self.pending, self.good, self.loose_written, self.put, self.append
+        known: list[dict] = []  # [previous index entries, every index's entries], read at the first call
+
+        def fast(sha: str, data: bytes) -> bool:
+            if not known:
+                self._load_prefer()
+                if self._all is None:
+                    with self._lock:
+                        if self._all is None:
+                            self._all = store_index(self.storage_root)
+                self._loose_listed()
+                known[:] = [self._prefer.entries if self._prefer is not None else {}, self._all]
+            if self._any_loose or good or loose_written or sha in pending or sha in known[0] or sha in known[1]:
+                return put(sha, data)
+            return append(sha, data)  # `has` would say no: this store holds nothing under this sha
+
+        return fast
 
     # -- writing --------------------------------------------------------------------------------
     def put(self, sha: str, data: bytes) -> bool:

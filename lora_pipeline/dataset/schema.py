@@ -58,5 +58,10 @@ def manifest_frame(rows: list[dict]) -> pl.DataFrame:
     return validate_manifest(df.sort("path"))
 
 
+def manifest_frame_from_columns(columns: dict[str, list]) -> pl.DataFrame:
+    """The same frame as `manifest_frame`, from one list per column (cheaper than a dict per row)."""
+    return validate_manifest(pl.DataFrame(columns, schema=MANIFEST_SCHEMA).sort("path"))
+
+
 def validate_manifest(df: pl.DataFrame) -> pl.DataFrame:
     return ManifestModel.validate(df)

@@ -47,6 +47,7 @@ Public API for other layers (training ingestion, trace):
 from __future__ import annotations
 
 import json
+import operator
 import os
 import re
 import shutil
@@ -60,7 +61,7 @@ from lora_pipeline.dataset.images import DEFAULT_MAX_PIXELS
 from lora_pipeline.dataset.integrity import Integrity, VerifyingObjectStore, verify_snapshot_objects
 from lora_pipeline.dataset.layout import DatasetError, DatasetListing
 from lora_pipeline.dataset.pack import INDEX_FILE, ObjectIndex, ObjectStore, StoredObject, object_location  # noqa: F401
-from lora_pipeline.dataset.scan import FileStat, Scan, StatCache, cache_from, scan_dataset
+from lora_pipeline.dataset.scan import FileStat, Scan, StatCache, cache_from, gc_paused, scan_dataset
 from lora_pipeline.findings import Finding
 from lora_pipeline.fsutil import atomic_write_text
 from lora_pipeline.storage import Storage
@@ -68,6 +69,7 @@ from lora_pipeline.storage import Storage
 SCHEMA_VERSION = 1
 MAX_EXAMPLES = 20
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+_SHA256 = operator.itemgetter(2)  # FileStat.sha256
 
 
 @dataclass
@@ -82,6 +84,7 @@ class SnapshotInfo:
     refused_symlinks: list[str] = field(default_factory=list)
     metadata_decode_errors: list[str] = field(default_factory=list)
     _objects: ObjectIndex | None = field(default=None, repr=False, compare=False)
+    _frame: pl.DataFrame | None = field(default=None, repr=False, compare=False)  # the manifest, when in memory
 
     @property
     def manifest_path(self) -> Path:
@@ -94,6 +97,8 @@ class SnapshotInfo:
         return self._objects
 
     def manifest(self) -> pl.DataFrame:
+        if self._frame is not None:  # the snapshot was just written from this frame
+            return self._frame.clone()
         return pl.read_parquet(self.manifest_path)
 
 
@@ -176,6 +181,31 @@ def load_snapshot(storage_root: str | os.PathLike, dataset: str, snapshot_id: st
     return _info(dataset, folder, data)
 
 
+def _load_unchanged(storage: Storage, dataset: str, sid: str, scan: Scan) -> SnapshotInfo | None:
+    """`load_snapshot` of the snapshot whose content id the scan has, without decoding its file list
+    again: the same id is the same (relative path, sha256) list, the scan's. snapshot.json is written
+    one key per line, the file list last (`_write_snapshot`); any other shape is read in full."""
+    folder = storage.snapshot_dir(dataset, sid)
+    try:
+        text = (folder / "snapshot.json").read_text("utf-8")
+    except (OSError, ValueError):
+        return None
+    head, sep, tail = text.rpartition('\n "files": ')
+    data = None
+    if sep and head.endswith(",") and tail.endswith("\n}\n") and tail.find("\n", 0, len(tail) - 3) < 0:
+        try:
+            data = json.loads(head[:-1] + "\n}")  # the keys before the file list
+        except ValueError:
+            data = None
+    if not isinstance(data, dict) or data.get("snapshot_id") != sid or "files" in data:
+        return load_snapshot(storage.root, dataset, sid)
+    if not (folder / "manifest.parquet").is_file():
+        return None
+    info = _info(dataset, folder, data)
+    info.files = dict(zip(scan.files, map(_SHA256, scan.files.values()), strict=True))
+    return info
+
+
 def list_snapshots(storage_root: str | os.PathLike, dataset: str) -> list[SnapshotInfo]:
     """Every complete snapshot of `dataset`, oldest first."""
     base = Storage(Path(storage_root)).snapshots_of(dataset)
@@ -234,7 +264,7 @@ def _cache(storage: Storage, dataset: str, with_manifest: bool) -> tuple[StatCac
     if not data:
         return StatCache(), None
     try:
-        files = {k: FileStat.from_list(v) for k, v in data.get("files", {}).items()}
+        files = _file_stats(data.get("files", {}))
         sid = data.get("snapshot_id")
         mpath = storage.snapshot_dir(dataset, sid) / "manifest.parquet" if isinstance(sid, str) else None
 
@@ -249,10 +279,30 @@ def _cache(storage: Storage, dataset: str, with_manifest: bool) -> tuple[StatCac
         return StatCache(), None
 
 
+def _file_stats(entries: dict) -> dict[str, FileStat]:
+    """latest.json's stat cache: `FileStat.from_list` of each entry (ValueError, TypeError or
+    IndexError when one is malformed), without a conversion per value when they have the types
+    written (one entry per file: 40,000 on a large dataset)."""
+    try:
+        stats = list(map(FileStat._make, entries.values()))
+    except TypeError:  # not [size, mtime_ns, sha256] (another length, or not a list)
+        stats = None
+    if stats is None or not all(type(a) is int and type(b) is int and type(c) is str for a, b, c in stats):
+        return {k: FileStat.from_list(v) for k, v in entries.items()}
+    return dict(zip(entries, stats, strict=True))
+
+
 def take_snapshot(storage_root: str | os.PathLike, dataset: str, source_root: str | os.PathLike, *,
                   full_verify: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
                   workers: int | None = None) -> SnapshotResult:
     """Snapshot the folder: store new files, write the manifest if this content is new."""
+    with gc_paused():
+        return _take_snapshot(storage_root, dataset, source_root, full_verify=full_verify,
+                              max_pixels=max_pixels, workers=workers)
+
+
+def _take_snapshot(storage_root: str | os.PathLike, dataset: str, source_root: str | os.PathLike, *,
+                   full_verify: bool, max_pixels: int, workers: int | None) -> SnapshotResult:
     _check_name(dataset)
     storage = Storage(Path(storage_root))
     cache, previous_id = _cache(storage, dataset, with_manifest=True)
@@ -266,14 +316,19 @@ def take_snapshot(storage_root: str | os.PathLike, dataset: str, source_root: st
         sid = known[-1] if scan.frame is None and known else scan.content_id
         folder = storage.snapshot_dir(dataset, sid)
         created = False
-        info = load_snapshot(storage.root, dataset, sid)
+        info = _load_unchanged(storage, dataset, sid, scan) if scan.frame is None \
+            else load_snapshot(storage.root, dataset, sid)
         if info is None:
             if scan.frame is None:  # a snapshot folder is there but unreadable: build the manifest in full
                 scan = scan_dataset(source_root, cache=cache, full_verify=full_verify,
                                     store=store, max_pixels=max_pixels, workers=workers)
-            _write_snapshot(folder, dataset, sid, scan, store)
+            doc = _write_snapshot(folder, dataset, sid, scan, store)
             created = True
-            info = load_snapshot(storage.root, dataset, sid)
+            if doc is not None:  # what was just written, without reading it back
+                info = _info(dataset, folder, doc)
+                info._frame = scan.frame
+            else:  # a concurrent writer of the same id renamed its folder first
+                info = load_snapshot(storage.root, dataset, sid)
         else:  # this content is snapshotted: what had to be stored again (it was missing) goes loose
             store.spill()
     finally:
@@ -315,8 +370,9 @@ def _store(storage: Storage, dataset: str, full_verify: bool,
     return integrity, VerifyingObjectStore(storage.root, prefer, verified=integrity.good, bad=bad)
 
 
-def _write_snapshot(folder: Path, dataset: str, sid: str, scan: Scan, store: ObjectStore) -> None:
-    """The pack first (fsynced, renamed), then the snapshot folder naming it, written whole and renamed."""
+def _write_snapshot(folder: Path, dataset: str, sid: str, scan: Scan, store: ObjectStore) -> dict | None:
+    """The pack first (fsynced, renamed), then the snapshot folder naming it, written whole and renamed.
+    Returns the snapshot.json document, or None when a concurrent writer's folder took the name."""
     assert scan.frame is not None
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{sid}.{os.getpid()}.tmp"
@@ -350,6 +406,7 @@ def _write_snapshot(folder: Path, dataset: str, sid: str, scan: Scan, store: Obj
         except OSError:
             if not (folder / "snapshot.json").is_file():  # not a concurrent writer of the same id
                 raise
+        return doc if written else None
     finally:
         if not written:  # no snapshot names this pack
             store.remove_committed()
@@ -367,8 +424,9 @@ def _json(doc: dict) -> str:
 
 def _current(storage: Storage, dataset: str, source_root: str | os.PathLike,
              full_verify: bool) -> Scan:
-    cache, _ = _cache(storage, dataset, with_manifest=False)
-    return scan_dataset(source_root, cache=cache, full_verify=full_verify, probe_images=False)
+    with gc_paused():
+        cache, _ = _cache(storage, dataset, with_manifest=False)
+        return scan_dataset(source_root, cache=cache, full_verify=full_verify, probe_images=False)
 
 
 def current_scan(storage_root: str | os.PathLike, dataset: str, source_root: str | os.PathLike,
