@@ -3,7 +3,8 @@
 Thin: the work is in lora_pipeline.render (core, no Dagster) through the `diffusion_runtime`
 resource. For each checkpoint the step reads the run record from storage, proves the runtime
 applies the LoRA, renders the three arms and writes `renders/<run_id>/<checkpoint_id>/evaluation.json`
-(shape documented in lora_pipeline/render/evaluate.py), logging each phase to Dagster as it happens.
+(shape documented in lora_pipeline/render/evaluate.py), logging its progress to Dagster several lines
+to a message (each message is an event-log write; a slow phase still shows within SLOW_S).
 
 - `pool="gpu"`: one render step at a time per instance (the shipped dagster.yaml limits pools to 1);
   `GPU_STEP_TAGS` route the step to a GPU node when scaled out (deploy/).
@@ -46,7 +47,9 @@ def code_version(config: Config) -> str:
 
 def _eval_renders(context: dg.AssetExecutionContext, settings: PipelineSettings,
                  diffusion_runtime: DiffusionRuntime) -> dg.MaterializeResult:
+    from lora_pipeline.render.evaluate import SLOW_S
     from lora_pipeline.render.from_record import EvaluationSetupError, inputs_for
+    from lora_pipeline.render.log_batch import BatchedLog
     from lora_pipeline.render.pipeline import PipelineLoadError
     from lora_pipeline.storage import split_checkpoint_partition_key
 
@@ -64,8 +67,15 @@ def _eval_renders(context: dg.AssetExecutionContext, settings: PipelineSettings,
             inputs = inputs_for(config, run_id, checkpoint_id, device, dtype, dagster_run_id=context.run_id)
         except EvaluationSetupError as e:
             raise dg.Failure(description=str(e)) from None
-        context.log.info(f"[{key}] evaluating {inputs.checkpoint.path} on {device}/{dtype}")
-        result = diffusion_runtime.evaluate(inputs, log=lambda m, _k=key: context.log.info(f"[{_k}] {m}"))
+        # Every line of this checkpoint batched into few log messages (each one an event-log write).
+        log = BatchedLog(context.log.info, every_s=SLOW_S, prefix=f"[{key}] ")
+        log(f"evaluating {inputs.checkpoint.path} on {device}/{dtype}")
+        try:
+            result = diffusion_runtime.evaluate(inputs, log=log)
+            log(f"verdict {result.verdict}: {len(result.renders)} renders, {len(result.skipped)} skipped, "
+                f"{len(result.findings)} findings -> {result.path}")
+        finally:
+            log.flush()
         verdicts[key] = result.verdict
         dirs.append(str(inputs.out_dir))
         totals["renders"] += len(result.renders)
@@ -78,8 +88,6 @@ def _eval_renders(context: dg.AssetExecutionContext, settings: PipelineSettings,
             totals["errors" if f.severity == "error" else "warnings"] += f.severity in ("error", "warn")
             rows.append(dg.TableRecord({"checkpoint": key, "code": f.code, "severity": f.severity,
                                         "message": f.message[:300]}))
-        context.log.info(f"[{key}] verdict {result.verdict}: {len(result.renders)} renders, "
-                         f"{len(result.skipped)} skipped, {len(result.findings)} findings -> {result.path}")
     schema = dg.TableSchema(columns=[dg.TableColumn(c) for c in ("checkpoint", "code", "severity", "message")])
     data_version = None
     if len(keys) == 1:  # one partition: its data version follows the render cache keys

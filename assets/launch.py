@@ -18,6 +18,11 @@ version changed) plus content checks Dagster cannot see (training_run: the run f
 lora_checkpoint: the file's sha256; eval_renders: evaluation.json present). `include_all` redoes
 everything (renders still come from the render cache when their keys are unchanged).
 
+Cost: a launch whose facts (config, code, selection, dataset and run folders, checkpoint files) and
+instance files are unchanged since the last launch that ended clean is answered from that launch's
+stamp without opening the instance (assets/launch_stamp.py); the launcher's own sqlite instance
+keeps its SQLAlchemy engines and connections across event writes (assets/sqlite_events.py).
+
 Safety (assets/launch_guard.py, assets/run_health.py): one launch at a time per instance (a second
 one says who holds it and waits); runs whose process is gone are closed first (marked failed, pool
 slots freed) so their checkpoints are evaluated again; pool slots are claimed in our own loop, which
@@ -109,6 +114,7 @@ class _Launch:
         self.outcomes: list[Outcome] = []
         self.why: dict[tuple[dg.AssetKey, str | None], str] = {}  # (key, partition) -> why it is redone
         self.done, self.total = 0, 0
+        self.run_ids: set[str] = set()  # the Dagster runs this launch started
         # The event log (and so the UI) gets everything; the console only warnings and worse.
         # The launch reports outcomes itself (progress bar + summary); Dagster's console logger would
         # print stack traces for expected events such as a failed blocking check. Everything is still
@@ -167,6 +173,7 @@ class _Launch:
         """One in-process run: its pool slots claimed first (in our loop), launcher tags recorded,
         claims freed after; a signal Dagster swallowed during the run ends the launch."""
         run_id = str(uuid.uuid4())
+        self.run_ids.add(run_id)
         pools = {n.name: n.definition.pool for n in job.graph.nodes if getattr(n.definition, "pool", None)}
         if self.lock is not None:
             self.lock.note(claiming=run_id)
@@ -289,32 +296,56 @@ def materialize(config: Config, run_ids: Iterable[str] = (), checkpoint_ids: Ite
     `sleep` waits out the settle re-check (`checks.checkpoint_recheck_seconds`); `say` prints a line
     at once (a wait for the launch lock or a pool slot, a lost run closed). Raises `Interrupted` on
     SIGINT / SIGTERM (main thread)."""
+    from assets import launch_stamp
     from lora_pipeline.instance import prepare_dagster_home
+    from lora_pipeline.training.scan import scan_runs_rechecked
 
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     say = say or (lambda _m: None)
     home = prepare_dagster_home(config)
     # The lock first: two launches on a fresh instance must not create its databases at once either.
+    run_ids, checkpoint_ids = tuple(run_ids), tuple(checkpoint_ids)
     with Signals() as signals, LaunchLock(home, say) as lock:
         owned = instance is None
+        stamped = owned and launch_stamp.enabled() and not lock.previous.get("claiming")
+        if stamped and not include_all:  # nothing changed since the last launch: no instance opened
+            t0 = time.perf_counter()
+            summary = launch_stamp.unchanged(config, home, run_ids, checkpoint_ids,
+                                             lambda: scan_runs_rechecked(config, run_ids, sleep))
+            if summary is not None:
+                summary.seconds = time.perf_counter() - t0
+                if progress:
+                    progress(1, 1, "nothing changed since the last launch")
+                return summary
+        launch_stamp.forget(home)
         instance = open_instance(home) if owned else instance
+        if owned:  # our own sqlite instance: engines kept across event writes (assets/sqlite_events.py)
+            from assets.sqlite_events import speed_up
+
+            speed_up(instance)
+        since, first_event = time.time(), launch_stamp.max_event_id(instance) if stamped else None
         try:
             health = RunHealth(instance, config, say, signals.check, dead_claim=lock.previous.get("claiming"),
                                holds_lock=True)
             health.reap()
-            summary = _materialize(config, instance, tuple(run_ids), tuple(checkpoint_ids), include_all, progress,
-                                   sleep, (health, lock, signals))
+            summary = _materialize(config, instance, run_ids, checkpoint_ids, include_all, progress,
+                                   sleep, (health, lock, signals), stamp=stamped)
+            quiet = stamped and not health.reaped and not launch_stamp.foreign_activity(
+                instance, since, summary.own_runs, first_event)
         finally:
             if owned:
                 instance.dispose()
+        if quiet:  # after dispose: the instance files as the next launch will find them
+            launch_stamp.record(home, summary.facts, summary)
     summary.dagster_home, summary.reaped = home, health.reaped
     return summary
 
 
 def _materialize(config: Config, instance: dg.DagsterInstance, run_ids: tuple[str, ...],
                  checkpoint_ids: tuple[str, ...], include_all: bool, progress: Progress | None,
-                 sleep: Callable[[float], None], guard) -> LaunchSummary:
+                 sleep: Callable[[float], None], guard, stamp: bool = False) -> LaunchSummary:
+    from assets import launch_stamp
     from assets.training import run_content
     from lora_pipeline.render import cache
     from lora_pipeline.render.pipeline import BASE_LOADS
@@ -324,7 +355,10 @@ def _materialize(config: Config, instance: dg.DagsterInstance, run_ids: tuple[st
     t0 = time.perf_counter()
     loads0, renders0 = BASE_LOADS["count"], cache.renders_done()
     launch = _Launch(config, instance, include_all, progress, guard)
-    scans, ckpts = _select(scan_runs_rechecked(config, run_ids, sleep), run_ids, checkpoint_ids)
+    scanned = scan_runs_rechecked(config, run_ids, sleep)
+    scans, ckpts = _select(scanned, run_ids, checkpoint_ids)
+    # What this launch acts on, taken before it acts, for the next launch's stamp (assets/launch_stamp.py).
+    facts = launch_stamp.facts(config, run_ids, checkpoint_ids, scanned) if stamp else {}
     runs = [s.run_id for s in scans]
     left = [lf for s in scans for lf in s.left]
     launch.total = len(config.datasets) + len(runs) * (1 + bool(launch.run_keys)) + len(ckpts)
@@ -364,6 +398,8 @@ def _materialize(config: Config, instance: dg.DagsterInstance, run_ids: tuple[st
             launch.execute(need, r, f"run report {r}")
         else:
             launch._tick(f"run {r} reports up to date")
-    return LaunchSummary(dagster_home=Path(), outcomes=launch.outcomes, checkpoints=ckpts, runs=runs,
-                         seconds=time.perf_counter() - t0, base_loads=BASE_LOADS["count"] - loads0,
-                         renders=cache.renders_done() - renders0, left=left, pickup_seconds=pickup_seconds(config))
+    summary = LaunchSummary(dagster_home=Path(), outcomes=launch.outcomes, checkpoints=ckpts, runs=runs,
+                            seconds=time.perf_counter() - t0, base_loads=BASE_LOADS["count"] - loads0,
+                            renders=cache.renders_done() - renders0, left=left, pickup_seconds=pickup_seconds(config))
+    summary.facts, summary.own_runs = facts, launch.run_ids
+    return summary

@@ -30,6 +30,9 @@ class LaunchSummary:
     left: list[Left] = field(default_factory=list)  # checkpoint files not evaluated: still being written
     pickup_seconds: int = 0  # the sensor counts a file that stopped changing within this long
     reaped: list[str] = field(default_factory=list)  # lost runs closed by this launch (already said)
+    # For assets/launch_stamp.py: what the launch acted on (taken before it acted) and its own Dagster runs.
+    facts: dict = field(default_factory=dict, repr=False)
+    own_runs: set[str] = field(default_factory=set, repr=False)
 
     def _of(self, status: str) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == status]

@@ -36,7 +36,8 @@ from lora_pipeline.findings import Finding, verdict
 from lora_pipeline.fsutil import atomic_write_json
 from lora_pipeline.render import cache, compare, contract, documents, infotext, manifest, ops, prompts
 from lora_pipeline.render.families import guidance, negative_ignored, text_encoders
-from lora_pipeline.render.pipeline import MEMORY_SETTINGS, CachedPipeline, discard, get_pipeline
+from lora_pipeline.render.log_batch import BatchedLog
+from lora_pipeline.render.pipeline import MEMORY_SETTINGS, CachedPipeline, cached_keys, discard, get_pipeline
 from lora_pipeline.render.render_one import RenderRequest, render_image, settings_changes
 from lora_pipeline.render.spec import ARMS, LORA_ARMS, BaseChoice, CheckpointInput, EvalSpec, RunFacts
 
@@ -94,7 +95,11 @@ class _Evaluation:
 
     def __init__(self, inp: EvaluationInputs, log: Callable[[str], None],
                  call_hook: Callable[[dict], dict] | None) -> None:
-        self.inp, self.log, self.call_hook = inp, log, call_hook
+        self.inp, self.call_hook = inp, call_hook
+        # Lines batched into few log messages (each one an event-log write in Dagster, render/log_batch.py);
+        # a caller's BatchedLog is used as it is (the caller flushes it).
+        self.own_log = not isinstance(log, BatchedLog)
+        self.log = BatchedLog(log, every_s=SLOW_S) if self.own_log else log
         self.subject = f"{inp.facts.run_id}/{inp.facts.checkpoint_id}"
         self.findings: list[Finding] = []
         self.manifests: list[dict[str, Any]] = []
@@ -145,6 +150,8 @@ class _Evaluation:
 
     def _with_pipeline(self, report: Any) -> None:
         inp, b = self.inp, self.base_identity
+        if (b["sha256"], inp.dtype, inp.device) not in cached_keys():
+            self.log.flush()  # a cold load can take minutes: what came before is shown first
         t0 = time.perf_counter()
         try:
             self.entry, self.cold = get_pipeline(Path(b["path"]), b["sha256"], b["architecture"], inp.dtype, inp.device)
@@ -308,9 +315,9 @@ class _Evaluation:
     def _render_now(self, req: RenderRequest, png: Path, keep_file: bool) -> tuple[Any, dict] | Any | None:
         inp, pipe, arm, pi, seed = self.inp, self.entry.pipe, req.arm, req.prompt_index, req.seed
         label = f"{arm} {req.name}"
-        # Each log line is an event-log write (tens of ms on sqlite), so a fast render gets one line (in
-        # _keep, with its phase timings); a slow one also says each phase as it ends and its denoise
-        # progress every SLOW_S, so a long warm-up is never mistaken for a stall.
+        # A fast render gets one line (in _keep, with its phase timings), batched with the others into
+        # few event-log writes (self.log); a slow one also says each phase as it ends and its denoise
+        # progress every SLOW_S (which also sends the batch), so a long warm-up is never mistaken for a stall.
         clock = ops.PhaseClock(lambda prev, new, s: prev not in ("start", "save") and s >= SLOW_S
                                and self.log(f"{label}: {prev} {s:.3f}s"))
         hb = ops.Heartbeat(inp.out_dir, f"{arm}__{req.name}", png) if keep_file else None
@@ -442,5 +449,12 @@ class _Evaluation:
 
 def evaluate_checkpoint(inp: EvaluationInputs, log: Callable[[str], None] = lambda _m: None,
                         call_hook: Callable[[dict], dict] | None = None) -> EvaluationResult:
-    """Evaluate one checkpoint into `inp.out_dir`; findings, never tracebacks, for bad inputs."""
-    return _Evaluation(inp, log, call_hook).run()
+    """Evaluate one checkpoint into `inp.out_dir`; findings, never tracebacks, for bad inputs. `log` gets
+    the progress lines, several to a message (render/log_batch.py); pass a `BatchedLog` to batch them
+    with your own lines (you flush it)."""
+    ev = _Evaluation(inp, log, call_hook)
+    try:
+        return ev.run()
+    finally:
+        if ev.own_log:
+            ev.log.flush()

@@ -22,6 +22,7 @@ evaluation.json and the logs.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from pathlib import Path
@@ -141,6 +142,12 @@ def validate_manifests(manifests: list[dict[str, Any]], subject: str) -> list[Fi
 
 
 def library_versions() -> dict[str, str]:
+    """Python's and the rendering libraries' versions (read once per process: they cannot change in it)."""
+    return dict(_library_versions())
+
+
+@functools.cache
+def _library_versions() -> dict[str, str]:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 

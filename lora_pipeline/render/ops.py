@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from lora_pipeline.findings import Finding
-from lora_pipeline.fsutil import atomic_write_json
 
 HEARTBEAT_DIR = ".inflight"
 HEARTBEAT_EVERY_S = 1.0
@@ -96,9 +95,15 @@ class Heartbeat:
         if not force and now - self._last < HEARTBEAT_EVERY_S:
             return
         self._last = now
-        atomic_write_json(self.path, {"pid": os.getpid(), "pid_start": process_start(os.getpid()),
-                                      "host": socket.gethostname(), "started": self.started,
-                                      "updated": now, "phase": phase, "step": step, "output": str(self.output)})
+        # Replaced whole (temporary file + rename: never read half-written) but not fsynced: a heartbeat
+        # only matters while this process lives, and three or four per render each paid a disk sync.
+        data = json.dumps({"pid": os.getpid(), "pid_start": process_start(os.getpid()), "host": socket.gethostname(),
+                           "started": self.started, "updated": now, "phase": phase, "step": step,
+                           "output": str(self.output)})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(data)
+        os.replace(tmp, self.path)
 
     def done(self) -> None:
         self.path.unlink(missing_ok=True)
