@@ -33,8 +33,10 @@ ROW_JS = """(() => {{
 }})()"""
 
 
-def _row(tab: Tab, key: str, image: bool = False, timeout: float = 60) -> dict:
-    done = " && r.complete" if image else ""
+def _row(tab: Tab, key: str, image: bool = False, markdown: bool = False, timeout: float = 60) -> dict:
+    # A row appears before its value cell renders: for a markdown value wait for it (an image, or
+    # Dagster's "Show Markdown" toggle), so that what is asserted is what the page settles on.
+    done = " && r.complete" if image else " && (r.src || r.text.includes('Show Markdown'))" if markdown else ""
     return tab.wait_for(f"(r => r{done} && r)({ROW_JS.format(key=json.dumps(key))})", timeout=timeout)
 
 
@@ -44,7 +46,7 @@ def _get(url: str) -> tuple[bytes, dict]:
 
 
 def _inline_image(tab: Tab, webserver: str, key: str) -> tuple[dict, bytes]:
-    row = _row(tab, key)
+    row = _row(tab, key, markdown=True)
     assert "Show Markdown" not in row["text"] and row["src"], f"{key} is not an inline image: {row['text'][:200]}"
     row = _row(tab, key, image=True)
     assert row["natural"][0] > 100 and row["natural"][1] > 100, row
