@@ -22,6 +22,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from lora_pipeline.fsutil import sha256_file
 from lora_pipeline.toy import scenes
 
 WEIGHTS = Path(__file__).with_name("weights") / "drawing-base.safetensors"
@@ -97,33 +98,9 @@ def _corpus() -> list[str]:
 
 def train_scene_tokenizer(out_dir: str | Path) -> Path:
     """A CLIP-format tokenizer (toy/tokenizer.py's trainer and layout) over the scene corpus."""
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from lora_pipeline.toy.tokenizer import train_clip_tokenizer
 
-    from lora_pipeline.toy import tokenizer as toy_tok
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE(unk_token=toy_tok.EOS, end_of_word_suffix="</w>"))
-    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(toy_tok.CLIP_PATTERN), behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    trainer = trainers.BpeTrainer(
-        vocab_size=toy_tok.VOCAB_SIZE, min_frequency=1, special_tokens=[toy_tok.BOS, toy_tok.EOS],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), end_of_word_suffix="</w>", show_progress=False,
-    )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
-    toy_tok._write_canonical(tok, out)
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "CLIPTokenizer", "model_max_length": toy_tok.MODEL_MAX_LENGTH,
-        "bos_token": toy_tok.BOS, "eos_token": toy_tok.EOS, "unk_token": toy_tok.EOS, "pad_token": toy_tok.EOS,
-        "do_lower_case": True, "errors": "replace",
-    }, indent=1) + "\n")
-    (out / "special_tokens_map.json").write_text(json.dumps({
-        "bos_token": toy_tok.BOS, "eos_token": toy_tok.EOS, "unk_token": toy_tok.EOS, "pad_token": toy_tok.EOS,
-    }, indent=1) + "\n")
-    return out
+    return train_clip_tokenizer(out_dir, corpus=_corpus())
 
 
 def vocab_sha256(tokenizer_dir: Path) -> str:
@@ -228,7 +205,7 @@ def write_drawing_base(out_dir: str | Path, weights: Path = WEIGHTS) -> Path:
         meta = read_meta(weights)
         (tmp / "toy_model.json").write_text(json.dumps({
             "kind": KIND, "architecture": "sd1", "family": "sd1", "pipeline": "StableDiffusionPipeline",
-            "seed": meta.get("seed"), "recipe_id": meta.get("recipe_id"), "weights_sha256": _sha256(Path(weights)),
+            "seed": meta.get("seed"), "recipe_id": meta.get("recipe_id"), "weights_sha256": sha256_file(weights),
             "training": meta.get("training")}, indent=1) + "\n")
         if out.exists():
             out.rmdir()
@@ -238,10 +215,3 @@ def write_drawing_base(out_dir: str | Path, weights: Path = WEIGHTS) -> Path:
         raise
     return out
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

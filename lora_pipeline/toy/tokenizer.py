@@ -44,8 +44,9 @@ def _corpus() -> list[str]:
     return lines
 
 
-def train_clip_tokenizer(out_dir: str | Path, vocab_size: int = VOCAB_SIZE) -> Path:
-    """Train the tokenizer deterministically and write it in CLIP's file format."""
+def train_clip_tokenizer(out_dir: str | Path, vocab_size: int = VOCAB_SIZE, corpus: list[str] | None = None) -> Path:
+    """Train the tokenizer deterministically (on `corpus`, the toy corpus by default) and write it in
+    CLIP's file format."""
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     out = Path(out_dir)
@@ -61,7 +62,7 @@ def train_clip_tokenizer(out_dir: str | Path, vocab_size: int = VOCAB_SIZE) -> P
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), end_of_word_suffix="</w>",
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
+    tok.train_from_iterator(_corpus() if corpus is None else corpus, trainer=trainer)
     _write_canonical(tok, out)
     (out / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "CLIPTokenizer", "model_max_length": MODEL_MAX_LENGTH,
