@@ -21,7 +21,8 @@ everything (renders still come from the render cache when their keys are unchang
 Cost: a launch whose facts (config, code, selection, dataset and run folders, checkpoint files) and
 instance files are unchanged since the last launch that ended clean is answered from that launch's
 stamp without opening the instance (assets/launch_stamp.py); the launcher's own sqlite instance
-keeps its SQLAlchemy engines and connections across event writes (assets/sqlite_events.py).
+keeps its SQLAlchemy engines and connections across event writes (assets/sqlite_events.py) and
+captures step output into the UI's files without mirroring it to the console (assets/step_logs.py).
 
 Safety (assets/launch_guard.py, assets/run_health.py): one launch at a time per instance (a second
 one says who holds it and waits); runs whose process is gone are closed first (marked failed, pool
@@ -320,10 +321,12 @@ def materialize(config: Config, run_ids: Iterable[str] = (), checkpoint_ids: Ite
                 return summary
         launch_stamp.forget(home)
         instance = open_instance(home) if owned else instance
-        if owned:  # our own sqlite instance: engines kept across event writes (assets/sqlite_events.py)
+        if owned:  # our own instance: engines kept across event writes, step logs captured without `tail`
             from assets.sqlite_events import speed_up
+            from assets.step_logs import capture_to_files
 
             speed_up(instance)
+            capture_to_files(instance)
         since, first_event = time.time(), launch_stamp.max_event_id(instance) if stamped else None
         try:
             health = RunHealth(instance, config, say, signals.check, dead_claim=lock.previous.get("claiming"),

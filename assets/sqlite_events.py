@@ -23,6 +23,8 @@ bench (`--all`, 4 checkpoints, 319 events in 7 runs, 2 shared cores): 2.2 s of e
   for a local instance's event log is a run left unfinished, closed by the next launch
   (assets/run_health.py). On a disk shared with other work a FULL commit cost 4-9 ms, and one event
   is one to four commits;
+- `has_table` answers from memory once a table was found (Dagster asks before each dynamic-partition
+  query and asset-check event, through a new engine each time: 230 times in a 4-checkpoint launch);
 - while a shard is set up (`_initdb`), alembic's `ScriptDirectory.from_config` returns the script
   directory parsed the first time for that config (the migration scripts do not change in a process).
 Anything else (another storage class, a Dagster whose private names moved) is left as it is: the
@@ -39,7 +41,7 @@ from typing import Any
 import dagster as dg
 
 KEEP = 4  # engines kept: the index shard, the current run's shard, and a little slack
-_NEEDED = ("_connect", "_initdb", "_db_lock", "_initialized_dbs", "conn_string_for_shard")
+_NEEDED = ("_connect", "_initdb", "_db_lock", "_initialized_dbs", "conn_string_for_shard", "has_table")
 
 
 def speed_up(instance: dg.DagsterInstance) -> bool:
@@ -91,6 +93,16 @@ def speed_up(instance: dg.DagsterInstance) -> bool:
             with engine.connect() as conn, conn.begin():
                 yield conn
 
+    has_table = storage.has_table
+    tables: set[str] = set()
+
+    def _has_table(name: str) -> bool:
+        # Dagster asks before every dynamic-partition query and asset-check event (230 times in a
+        # 4-checkpoint launch), each time through a new engine; a table, once there, stays.
+        if name not in tables and has_table(name):
+            tables.add(name)
+        return name in tables
+
     dispose = storage.dispose
 
     def _dispose() -> None:
@@ -99,6 +111,7 @@ def speed_up(instance: dg.DagsterInstance) -> bool:
         dispose()
 
     storage._connect = _connect
+    storage.has_table = _has_table
     storage.dispose = _dispose
     storage._lora_pipeline_fast = True
     return True

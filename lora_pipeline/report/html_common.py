@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +40,42 @@ def data_uri(png: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64,{base64.b64encode(png).decode()}"
 
 
+_THUMBS: OrderedDict[tuple, bytes | None] = OrderedDict()  # (path, size, mtime, px) -> thumbnail
+THUMBS_KEPT = 1024  # ~40 MB at most for 160 px thumbnails; a run report shows the checkpoints' images again
+
+
 def thumbnail(path: Path, px: int = THUMB_PX) -> bytes | None:
-    """A small PNG of an image file (None when it cannot be read)."""
+    """A small PNG of an image file (None when it cannot be read). A PNG already no larger than `px`
+    is its own thumbnail (its bytes, once PIL has read its header); the last `THUMBS_KEPT` are kept
+    in memory, keyed by path, size and mtime, for the run report that shows them again."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (str(path), st.st_size, st.st_mtime_ns, px)
+    if key in _THUMBS:
+        _THUMBS.move_to_end(key)
+        return _THUMBS[key]
+    thumb = _THUMBS[key] = _make_thumbnail(path, px)
+    while len(_THUMBS) > THUMBS_KEPT:
+        _THUMBS.popitem(last=False)
+    return thumb
+
+
+def _make_thumbnail(path: Path, px: int) -> bytes | None:
     from PIL import Image
 
     try:
         with Image.open(path) as im:
+            if im.format == "PNG" and max(im.size) <= px and im.mode in ("RGB", "RGBA", "L"):
+                im.load()  # decodes: a truncated or corrupt file is not passed on
+                return Path(path).read_bytes()
             im = im.convert("RGB")
             im.thumbnail((px, px))
             buf = io.BytesIO()
-            im.save(buf, format="PNG", optimize=True)
+            im.save(buf, format="PNG")  # no `optimize`: 1.7x the encode for a few bytes
             return buf.getvalue()
-    except (OSError, ValueError):
+    except (OSError, ValueError, Image.DecompressionBombError):
         return None
 
 

@@ -154,7 +154,7 @@ def _draw_series(d: ImageDraw.ImageDraw, s: list[tuple[float, float]], rgb, widt
 
 def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=True)
+    img.save(buf, format="PNG")  # no `optimize`: 1.7x the encode for a few bytes
     return buf.getvalue()
 
 

@@ -130,3 +130,40 @@ def test_batched_log_sends_lines_together_and_never_holds_one_long(every):
     log.flush()
     log.flush()
     assert sent == ["[k] a\n[k] b\n[k] c", "[k] d"]
+
+
+def test_step_output_is_captured_for_the_ui_without_tail_processes(tmp_path):
+    from dagster._core.execution import compute_logs
+
+    from assets.step_logs import capture_to_files
+
+    @dg.asset
+    def noisy():
+        print("to stdout from the step", flush=True)
+        return 1
+
+    tails = []
+    original = compute_logs.execute_posix_tail
+
+    def counted(*a, **k):  # a spy: Dagster's own function still runs
+        tails.append(a)
+        return original(*a, **k)
+
+    (tmp_path / "dagster.yaml").write_text("")
+    compute_logs.execute_posix_tail = counted
+    try:
+        with dg.DagsterInstance.from_config(str(tmp_path)) as inst:
+            assert capture_to_files(inst)
+            result = dg.materialize([noisy], instance=inst)
+            assert result.success
+            manager = inst.compute_log_manager
+            captured = [e.dagster_event.logs_captured_data for e in inst.all_logs(result.run_id)
+                        if e.dagster_event and e.dagster_event.event_type_value == "LOGS_CAPTURED"]
+            assert captured
+            log_key = manager.build_log_key_for_run(result.run_id, captured[0].file_key)
+            data = manager.get_log_data(log_key)
+            assert b"to stdout from the step" in (data.stdout or b"")  # what the UI's stdout tab reads
+            assert manager.is_capture_complete(log_key)
+    finally:
+        compute_logs.execute_posix_tail = original
+    assert tails == []

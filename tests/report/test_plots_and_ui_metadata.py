@@ -133,3 +133,54 @@ def test_truncation_findings_read_as_english_naming_the_text_encoder(tmp_path):
         "sees the trigger.")
     first, last = (int(x) for x in lost.split("at tokens ")[1].split(" ")[0].split("-"))
     assert 77 < first <= last == n - 1  # 1-based, before the end-of-text token
+
+
+def test_thumbnail_is_the_file_when_small_resized_when_large_and_none_when_unreadable(tmp_path):
+    import os
+
+    from lora_pipeline.report.html_common import THUMB_PX, thumbnail
+
+    rng = __import__("numpy").random.default_rng(0)
+    small, large, broken = tmp_path / "small.png", tmp_path / "large.png", tmp_path / "broken.png"
+    Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype="uint8")).save(small)
+    Image.fromarray(rng.integers(0, 255, (300, 400, 3), dtype="uint8")).save(large)  # 400 wide
+    broken.write_bytes(small.read_bytes()[:200])  # a truncated PNG: header fine, pixels missing
+    assert thumbnail(small) == small.read_bytes()  # no larger than a thumbnail: its own bytes
+    with Image.open(io.BytesIO(thumbnail(large))) as im:
+        assert max(im.size) == THUMB_PX and im.size == (THUMB_PX, 120)
+    assert thumbnail(broken) is None and thumbnail(tmp_path / "absent.png") is None
+    # Kept by path, size and mtime: a file replaced in place gets a new thumbnail.
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(small)
+    os.utime(small, ns=(1, 1))
+    with Image.open(io.BytesIO(thumbnail(small))) as im:
+        assert im.size == (64, 64) and im.getpixel((3, 3)) == (255, 0, 0)
+
+
+def test_comparison_grid_is_the_largest_cell_of_the_series_within_the_byte_budget(tmp_path):
+    from lora_pipeline.report.grid_image import _draw, _next_cell, comparison_grid_png
+
+    rng = __import__("numpy").random.default_rng(1)
+    renders = []
+    for arm in ("base", "lora_no_trigger", "lora_trigger"):
+        for p, s in ((0, 1), (0, 2), (1, 1), (1, 2)):
+            rel = f"{arm}-{p}-{s}.png"
+            Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype="uint8")).save(tmp_path / rel)
+            renders.append({"arm": arm, "prompt_index": p, "seed": s, "path": rel})
+    budget = 150_000  # noise: 128 px cells need ~3x this
+    png = comparison_grid_png(renders, tmp_path, max_bytes=budget)
+    assert png is not None and len(png) <= budget
+    by = {(r["prompt_index"], r["seed"], r["arm"]): r["path"] for r in renders}
+    series = [128]
+    while series[-1] * 4 // 5 >= 16:
+        series.append(series[-1] * 4 // 5)
+
+    def size(cell: int) -> int:
+        buf = io.BytesIO()
+        _draw(by, sorted({(p, s) for p, s, _ in by}), tmp_path, cell).save(buf, format="PNG")
+        return buf.tell()
+
+    fits = next(c for c in series if size(c) <= budget)  # what trying every cell in turn gives
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.width == _draw(by, [(0, 1)], tmp_path, fits).width  # the width says the cell
+    assert _next_cell(128, 10 * budget, budget) < 128 * 4 // 5  # far over: cells that cannot fit skipped
+    assert _next_cell(128, budget + 1, budget) == 128 * 4 // 5  # just over: the next cell is tried
