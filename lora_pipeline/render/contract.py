@@ -179,7 +179,9 @@ def check_lora_file(path: Path, facts: RunFacts, subject: str
         wrong = _not_a_lora(shape, p, subject)
         if wrong is not None:
             return [wrong], None
-        report = analyse(sf)
+        # The light pass: the same NaN/Inf, malformed and all-zero answers as the full one without the
+        # delta norms, which the evaluation does not use (lora_checkpoint computes and caches them).
+        report = analyse(sf, norms=False)
     except LoraFileError as e:
         return [Finding("RUNTIME.LORA_INVALID", subject, str(e), {"path": str(p), "error": type(e).__name__})], None
     findings: list[Finding] = []

@@ -142,3 +142,18 @@ def test_lycoris_layer_that_maps_to_nothing_is_incompatible_naming_it(lora_files
     (inc,) = [x for x in r.findings if x.code == "RUNTIME.LORA_INCOMPATIBLE"]
     assert "lora_unet_down_blocks_9_nowhere" in inc.message and "loha" in inc.message
     assert inc.evidence["unmapped"] == ["lora_unet_down_blocks_9_nowhere"]
+
+
+def test_the_evaluations_light_file_check_answers_as_the_full_analysis_on_every_real_file(lora_files):
+    """The evaluation reads each file with the light pass (no delta norms, render/contract.py): on every
+    file kohya, diffusers/PEFT and LyCORIS write it gives the full analysis's answers for what the
+    evaluation uses (planted NaN/Inf and zero tensors: tests/training/test_light_analysis.py)."""
+    from lora_pipeline.lora.inspect import analyse
+    from lora_pipeline.lora.safetensors_file import read_safetensors
+
+    for name, built in lora_files.items():
+        light, full = analyse(read_safetensors(built.path), norms=False), analyse(read_safetensors(built.path))
+        for what in ("sha256", "key_format", "ranks", "nonfinite_tensors", "malformed", "all_zero", "declared",
+                     "unmatched_keys", "architecture", "components"):
+            assert getattr(light, what) == getattr(full, what), (name, what)
+        assert [m.alpha_source for m in light.modules] == [m.alpha_source for m in full.modules], name
