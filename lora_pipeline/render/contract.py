@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from lora_pipeline.findings import Finding
-from lora_pipeline.fsutil import model_hash
 from lora_pipeline.lora.architecture import describe_file_shape, family_name
 from lora_pipeline.lora.inspect import LoraFileReport, analyse
 from lora_pipeline.lora.safetensors_file import LoraFileError, read_safetensors
 from lora_pipeline.render.families import pipeline_family
 from lora_pipeline.render.spec import BaseChoice, DeclaredBase, EvalSpec, RunFacts
 
-_HASH_CACHE: dict[tuple, str] = {}
 _SD_FAMILY = {"sd1", "sd2", "sd-unet"}
 # Model families by network kind; `sd-unet` and `flux` are the generic members of theirs (the version
 # is not decidable from the file), compatible with every member: the load itself decides there.
@@ -33,14 +31,12 @@ _KIND = {"sd1": "unet", "sd2": "unet", "sdxl": "unet", "sd-unet": "unet", "sd3":
 _GENERIC = {"sd-unet", "flux"}
 
 
-def base_identity(path: Path) -> str:
-    """model_hash(path), memoised per process on the folder's (name, size, mtime) listing."""
-    p = Path(path).resolve()
-    files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file())
-    key = (str(p), tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
-    if key not in _HASH_CACHE:
-        _HASH_CACHE[key] = model_hash(p)
-    return _HASH_CACHE[key]
+def base_identity(path: Path, cache_root: Path | None = None) -> str:
+    """model_hash(path), hashed once per content (render/base_identity.py); `cache_root` keeps it
+    across processes."""
+    from lora_pipeline.render.base_identity import base_identity as identity
+
+    return identity(path, cache_root)
 
 
 def base_architecture(path: Path) -> str:
@@ -63,8 +59,10 @@ def base_architecture(path: Path) -> str:
     return fam or "unknown"
 
 
-def resolve_base(declared: DeclaredBase, base_models: dict[str, Path]) -> BaseChoice | None:
-    """CONTRACT section 1: match the run's base to a configured entry by name, path, then hash."""
+def resolve_base(declared: DeclaredBase, base_models: dict[str, Path], cache_root: Path | None = None
+                 ) -> BaseChoice | None:
+    """CONTRACT section 1: match the run's base to a configured entry by name, path, then hash
+    (`cache_root`: where base identities are kept, see base_identity)."""
     if declared.name and declared.name in base_models:
         return BaseChoice(declared.name, Path(base_models[declared.name]), "name")
     if declared.path:
@@ -74,12 +72,12 @@ def resolve_base(declared: DeclaredBase, base_models: dict[str, Path]) -> BaseCh
                 return BaseChoice(name, Path(p), "path")
     if declared.sha256:
         for name, p in base_models.items():
-            if Path(p).exists() and base_identity(Path(p)) == declared.sha256:
+            if Path(p).exists() and base_identity(Path(p), cache_root) == declared.sha256:
                 return BaseChoice(name, Path(p), "hash")
     return None
 
 
-def check_base(declared: DeclaredBase, choice: BaseChoice | None, subject: str
+def check_base(declared: DeclaredBase, choice: BaseChoice | None, subject: str, cache_root: Path | None = None
                ) -> tuple[list[Finding], dict[str, Any]]:
     """RUNTIME.BASE_MODEL_MISSING / _MISMATCH; returns the evaluated base's identity on success."""
     if choice is None:
@@ -91,7 +89,7 @@ def check_base(declared: DeclaredBase, choice: BaseChoice | None, subject: str
         return [Finding("RUNTIME.BASE_MODEL_MISSING", subject,
                         f"The base model {choice.name} is not visible to this worker at {choice.path}.",
                         {"name": choice.name, "path": str(choice.path), "host": os.uname().nodename})], {}
-    identity = {"name": choice.name, "path": str(choice.path), "sha256": base_identity(choice.path),
+    identity = {"name": choice.name, "path": str(choice.path), "sha256": base_identity(choice.path, cache_root),
                 "architecture": base_architecture(choice.path), "matched_by": choice.matched_by}
     differs = {}
     if declared.sha256 and declared.sha256 != identity["sha256"]:

@@ -131,7 +131,8 @@ class _Evaluation:
         inp.out_dir.mkdir(parents=True, exist_ok=True)
         self.findings += ops.scan_heartbeats(inp.out_dir, self.subject)
         _clear_outputs(inp.out_dir)
-        base_findings, self.base_identity = contract.check_base(inp.facts.base, inp.base, self.subject)
+        identities = inp.storage_root / cache.CACHE_DIR if inp.storage_root is not None else None
+        base_findings, self.base_identity = contract.check_base(inp.facts.base, inp.base, self.subject, identities)
         self.findings += base_findings
         file_findings, report = contract.check_lora_file(inp.checkpoint.path, inp.facts, self.subject)
         self.findings += file_findings

@@ -44,7 +44,9 @@ def inputs_for(config: Config, run_id: str, checkpoint_id: str, device: str, dty
     ds_name = record.dataset.name
     caption_trigger = config.datasets[ds_name].trigger if ds_name and ds_name in config.datasets else None
     facts = RunFacts.from_run_record(record, checkpoint_id, caption_trigger=caption_trigger)
-    base = resolve_base(facts.base, dict(config.base_models))
+    from lora_pipeline.render.cache import CACHE_DIR
+
+    base = resolve_base(facts.base, dict(config.base_models), Path(config.storage) / CACHE_DIR)
     return EvaluationInputs(facts=facts, spec=EvalSpec.from_config(config.eval), base=base,
                             checkpoint=CheckpointInput(Path(ck.path), ck.sha256),
                             out_dir=storage.renders_dir(run_id, checkpoint_id), device=device, dtype=dtype,
