@@ -167,7 +167,7 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the generated data")
     ap.add_argument("--repeat", type=int, default=3, help="measure this many times, report the fastest")
-    ap.add_argument("--workers", type=int, default=None, help="snapshot threads (default: up to 4)")
+    ap.add_argument("--workers", type=int, default=None, help="snapshot threads (default: up to 4 when the first images are large enough, scan.threads_pay_off)")
     ap.add_argument("--no-parts", action="store_true", help="skip the per-part CPU breakdown")
     args = ap.parse_args()
 

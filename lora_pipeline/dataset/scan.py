@@ -161,6 +161,18 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+THREADS_MIN_PIXELS = 12_288  # ~110 x 110: the mean image size from which decoding threads pay off
+
+
+def threads_pay_off(done: list[tuple]) -> bool:
+    """Whether the scanned sample's images are large enough for decoding threads to beat one thread.
+    Measured with bench/dataset_bench.py on 2 cores (first snapshot, 1 thread vs 2): 64 px 3.48 vs
+    4.67 s (two threads contend for the GIL on per-file work), 96 px about even, 128 px 1.26 vs
+    0.95 s, 512 px 4.24 vs 2.19 s."""
+    pixels = [r[2].width * r[2].height for r in done if r[2] is not None]
+    return bool(pixels) and sum(pixels) / len(pixels) >= THREADS_MIN_PIXELS
+
+
 @gc_paused()
 def scan_dataset(root: str | os.PathLike, *, cache: StatCache | None = None, full_verify: bool = False,
                  store: ObjectStore | None = None, probe_images: bool = True,
@@ -172,7 +184,8 @@ def scan_dataset(root: str | os.PathLike, *, cache: StatCache | None = None, ful
     Without `probe_images` only the file hashes are computed (the source fingerprint), and no
     manifest is built. When `known_id(content_id)` says a snapshot of exactly this content exists,
     the listing and manifest are not rebuilt (`frame` and `listing` stay None): they are a function
-    of the content. Files are read, hashed, decoded and stored by `workers` threads (default up to 4).
+    of the content. Files are read, hashed, decoded and stored by `workers` threads (default: up to 4
+    when the first 256 files show images large enough for threads to pay off, `threads_pay_off`).
     What the walk refuses (lora_pipeline.dataset.layout.walk_dataset), and files that turn out not to
     be regular or to exceed `max_file_bytes` when read, are listed in `refused`, never stored; the
     folders in `exclude`, the storage root of `store` and lora-pipeline's own folders are left out.
@@ -252,17 +265,20 @@ def scan_dataset(root: str | os.PathLike, *, cache: StatCache | None = None, ful
 
     def run(items: list[tuple[str, int, bool]]) -> int:
         n_workers = workers or default_workers()
-        if n_workers > 1 and len(items) > 64:
+        # By default the first batch runs on this thread and decides: threads pay off only when the
+        # decoding (which releases the GIL) outweighs the per-file Python work (which holds it).
+        done = work_batch(items[:256]) if workers is None and n_workers > 1 else []
+        rest = items[len(done):]
+        if n_workers > 1 and len(rest) > 64 and (workers is not None or threads_pay_off(done)):
             from concurrent.futures import ThreadPoolExecutor
 
             # batches, not one future per file: 40,000 futures cost more than the small files' work
-            size = max(8, min(256, len(items) // (8 * n_workers)))
+            size = max(8, min(256, len(rest) // (8 * n_workers)))
             with ThreadPoolExecutor(n_workers) as pool:
-                done = [r for batch in pool.map(work_batch,
-                                                (items[i:i + size] for i in range(0, len(items), size)))
-                        for r in batch]
+                done += [r for batch in pool.map(work_batch, (rest[i:i + size] for i in range(0, len(rest), size)))
+                         for r in batch]
         else:
-            done = [r for i in range(0, len(items), 256) for r in work_batch(items[i:i + 256])]
+            done += [r for i in range(0, len(rest), 256) for r in work_batch(rest[i:i + 256])]
         n_stored = 0
         for rel, st, info, text, was_stored, why, *_ in done:
             if why is not None:

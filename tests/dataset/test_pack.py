@@ -186,3 +186,31 @@ def test_a_packed_storage_inside_another_dataset_is_left_out(tmp_path):
     res = take_snapshot(tmp_path / "st", "outer", outer)
     assert not any(k.startswith("store/") for k in res.info.files)
     assert any(e.startswith("store") for e in res.scan.excluded)
+
+
+@pytest.mark.parametrize(("size", "threads"), [(32, False), (128, True)])
+def test_default_threads_follow_the_image_size_and_never_change_the_snapshot(tmp_path, monkeypatch, size, threads):
+    """By default the first 256 files decide whether decoding threads pay off (scan.threads_pay_off);
+    whichever way, the snapshot is the one a single thread and four threads take."""
+    from concurrent import futures
+
+    from lora_pipeline.dataset import scan
+
+    ds = plain_dataset(tmp_path / "ds", n=200, size=size)  # 400 files: 256 decide, 144 left for threads
+    pools = []
+    real = futures.ThreadPoolExecutor
+
+    class Counted(real):  # a spy: the real pool still runs
+        def __init__(self, *a, **k):
+            pools.append(a)
+            super().__init__(*a, **k)
+
+    monkeypatch.setattr(futures, "ThreadPoolExecutor", Counted)
+    default = take_snapshot(tmp_path / "st-default", "chairs", ds)
+    if scan.default_workers() > 1:  # a one-core machine never starts threads
+        assert bool(pools) == threads
+    one = take_snapshot(tmp_path / "st-one", "chairs", ds, workers=1)
+    four = take_snapshot(tmp_path / "st-four", "chairs", ds, workers=4)
+    assert default.snapshot_id == one.snapshot_id == four.snapshot_id
+    frames = [latest_snapshot(tmp_path / d, "chairs").manifest() for d in ("st-default", "st-one", "st-four")]
+    assert frames[0].equals(frames[1]) and frames[0].equals(frames[2])
