@@ -188,5 +188,8 @@ def definitions(config: Config) -> dg.Definitions:
     automation = dg.AutomationConditionSensorDefinition(
         "run_reports_automation", target=dg.AssetSelection.assets(RUN_REPORT), minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
+        # one run per run report, as the other sensors request: Dagster's default turns a tick that
+        # asks for several runs' reports at once into a backfill, which waits for the backfill daemon
+        emit_backfills=False,
         description="Requests a run's report once its checkpoint reports are in (RUN_REPORT_CONDITION).")
     return dg.Definitions(assets=[checkpoint_report, run_report], sensors=[automation])

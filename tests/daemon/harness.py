@@ -194,15 +194,30 @@ def quiesce(inst: dg.DagsterInstance, since: float, daemon: Daemon, names: tuple
             progress: Callable[[], bool] = lambda: True) -> None:
     """Wait until `progress()` holds, every run created since `since` has finished, and each sensor or
     schedule in `names` has finished a tick that started after the last of those runs ended (so each
-    has looked at the settled state; whatever it requested would show as an unfinished run)."""
+    has looked at the settled state; whatever it requested would show as an unfinished run, once the
+    runs its ticks name exist)."""
     def check() -> bool:
         reqs = requests(inst, since)
         if unfinished(reqs) or not progress():
             return False
         last = max([since, *(r.ended or 0 for r in reqs)])
-        return all(ticks(inst, n, after=last) for n in names) and not unfinished(requests(inst, since))
+        latest = [ticks(inst, n, after=last) for n in names]
+        # A tick names the runs (or a backfill) it requested; one not in the run storage yet, or a
+        # backfill still being launched, is work still to come (seen in CI: a tick that requested two
+        # run reports at once had finished before its backfill's runs existed).
+        named = {rid for got in latest for t in got
+                 for rid in (*(t.tick_data.reserved_run_ids or ()), *(t.run_ids or ()))}
+        return (all(latest) and all(_launched(inst, rid) for rid in named)
+                and not unfinished(requests(inst, since)))
 
     wait_for(f"the daemon to settle ({', '.join(names)} ticked on the final state)", check, timeout_s, daemon)
+
+
+def _launched(instance: dg.DagsterInstance, run_or_backfill_id: str) -> bool:
+    if instance.get_run_by_id(run_or_backfill_id) is not None:
+        return True
+    backfill = instance.get_backfill(run_or_backfill_id)
+    return backfill is not None and backfill.status.value != "REQUESTED"
 
 
 def instigator_state(instance: dg.DagsterInstance, name: str):
