@@ -46,17 +46,17 @@ def listing_digest(path: Path) -> str:
 def base_identity(path: Path, cache_root: Path | None = None) -> str:
     """model_hash(path), unless this listing was hashed before (module docstring). `cache_root`: the
     render cache folder (`<storage>/render-cache`) where entries are kept across processes."""
-    digest = listing_digest(path)
+    p = Path(path).resolve()
+    digest = listing_digest(p)
     if digest in _MEMORY:
         return _MEMORY[digest]
     entry = Path(cache_root) / FOLDER / f"{digest}.json" if cache_root is not None else None
     known = _read(entry, digest) if entry is not None else None
     if known is None:
-        known = model_hash(Path(path).resolve())
+        known = model_hash(p)
         if entry is not None:
             with contextlib.suppress(OSError):  # a read-only storage only costs the next process the hash
-                atomic_write_json(entry, {"version": 1, "listing": digest, "path": str(Path(path).resolve()),
-                                          "model_hash": known})
+                atomic_write_json(entry, {"version": 1, "listing": digest, "path": str(p), "model_hash": known})
     _MEMORY[digest] = known
     return known
 

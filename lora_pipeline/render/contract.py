@@ -20,6 +20,7 @@ from lora_pipeline.findings import Finding
 from lora_pipeline.lora.architecture import describe_file_shape, family_name
 from lora_pipeline.lora.inspect import LoraFileReport, analyse
 from lora_pipeline.lora.safetensors_file import LoraFileError, read_safetensors
+from lora_pipeline.render.base_identity import base_identity
 from lora_pipeline.render.families import pipeline_family
 from lora_pipeline.render.spec import BaseChoice, DeclaredBase, EvalSpec, RunFacts
 
@@ -29,14 +30,6 @@ _SD_FAMILY = {"sd1", "sd2", "sd-unet"}
 _KIND = {"sd1": "unet", "sd2": "unet", "sdxl": "unet", "sd-unet": "unet", "sd3": "mmdit",
          "flux1": "flux", "flux2": "flux", "flux": "flux"}
 _GENERIC = {"sd-unet", "flux"}
-
-
-def base_identity(path: Path, cache_root: Path | None = None) -> str:
-    """model_hash(path), hashed once per content (render/base_identity.py); `cache_root` keeps it
-    across processes."""
-    from lora_pipeline.render.base_identity import base_identity as identity
-
-    return identity(path, cache_root)
 
 
 def base_architecture(path: Path) -> str:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from lora_pipeline.config import Config
+from lora_pipeline.render.cache import CACHE_DIR
 from lora_pipeline.render.contract import resolve_base
 from lora_pipeline.render.evaluate import EvaluationInputs
 from lora_pipeline.render.spec import CheckpointInput, EvalSpec, RunFacts
@@ -44,8 +45,6 @@ def inputs_for(config: Config, run_id: str, checkpoint_id: str, device: str, dty
     ds_name = record.dataset.name
     caption_trigger = config.datasets[ds_name].trigger if ds_name and ds_name in config.datasets else None
     facts = RunFacts.from_run_record(record, checkpoint_id, caption_trigger=caption_trigger)
-    from lora_pipeline.render.cache import CACHE_DIR
-
     base = resolve_base(facts.base, dict(config.base_models), Path(config.storage) / CACHE_DIR)
     return EvaluationInputs(facts=facts, spec=EvalSpec.from_config(config.eval), base=base,
                             checkpoint=CheckpointInput(Path(ck.path), ck.sha256),

@@ -66,10 +66,11 @@ def _make_thumbnail(path: Path, px: int) -> bytes | None:
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
             if im.format == "PNG" and max(im.size) <= px and im.mode in ("RGB", "RGBA", "L"):
                 im.load()  # decodes: a truncated or corrupt file is not passed on
-                return Path(path).read_bytes()
+                return data
             im = im.convert("RGB")
             im.thumbnail((px, px))
             buf = io.BytesIO()

@@ -132,7 +132,7 @@ def test_batched_log_sends_lines_together_and_never_holds_one_long(every):
     assert sent == ["[k] a\n[k] b\n[k] c", "[k] d"]
 
 
-def test_step_output_is_captured_for_the_ui_without_tail_processes(tmp_path):
+def test_step_output_is_captured_for_the_ui_without_tail_processes(tmp_path, monkeypatch):
     from dagster._core.execution import compute_logs
 
     from assets.step_logs import capture_to_files
@@ -150,20 +150,17 @@ def test_step_output_is_captured_for_the_ui_without_tail_processes(tmp_path):
         return original(*a, **k)
 
     (tmp_path / "dagster.yaml").write_text("")
-    compute_logs.execute_posix_tail = counted
-    try:
-        with dg.DagsterInstance.from_config(str(tmp_path)) as inst:
-            assert capture_to_files(inst)
-            result = dg.materialize([noisy], instance=inst)
-            assert result.success
-            manager = inst.compute_log_manager
-            captured = [e.dagster_event.logs_captured_data for e in inst.all_logs(result.run_id)
-                        if e.dagster_event and e.dagster_event.event_type_value == "LOGS_CAPTURED"]
-            assert captured
-            log_key = manager.build_log_key_for_run(result.run_id, captured[0].file_key)
-            data = manager.get_log_data(log_key)
-            assert b"to stdout from the step" in (data.stdout or b"")  # what the UI's stdout tab reads
-            assert manager.is_capture_complete(log_key)
-    finally:
-        compute_logs.execute_posix_tail = original
+    monkeypatch.setattr(compute_logs, "execute_posix_tail", counted)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as inst:
+        assert capture_to_files(inst)
+        result = dg.materialize([noisy], instance=inst)
+        assert result.success
+        manager = inst.compute_log_manager
+        captured = [e.dagster_event.logs_captured_data for e in inst.all_logs(result.run_id)
+                    if e.dagster_event and e.dagster_event.event_type_value == "LOGS_CAPTURED"]
+        assert captured
+        log_key = manager.build_log_key_for_run(result.run_id, captured[0].file_key)
+        data = manager.get_log_data(log_key)
+        assert b"to stdout from the step" in (data.stdout or b"")  # what the UI's stdout tab reads
+        assert manager.is_capture_complete(log_key)
     assert tails == []
