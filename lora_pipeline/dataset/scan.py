@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import operator
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,12 +121,33 @@ class Scan:
 
 
 def content_id(files: dict[str, FileStat], refused: list[str] = ()) -> str:
-    """sha256 of the sorted (relative path, sha256) list, plus the refused entries; 20 hex digits."""
-    lines = [f"{rel}\0{st.sha256}\n" for rel, st in sorted(files.items())]
+    """sha256 of the sorted (relative path, sha256) list, plus the refused entries; 20 hex digits. The
+    lines `{rel}\\0{sha256}\\n` are joined in C, 1,000 at a time (half the cost of an f-string each)."""
+    rels = sorted(files)
+    parts = [None, "\0", None, "\n"] * len(rels)
+    parts[0::4], parts[2::4] = rels, map(_SHA256, map(files.__getitem__, rels))
+    h = hashlib.sha256((ID_VERSION + "\n").encode())
+    for i in range(0, len(parts), 4000):
+        h.update("".join(parts[i:i + 4000]).encode())
     for entry in sorted(refused):
         rel, reason = parse_refusal(entry)
-        lines.append(f"{rel}\0refused-symlink\n" if entry == rel else f"{rel}\0refused\0{reason}\n")
-    return hashlib.sha256((ID_VERSION + "\n" + "".join(lines)).encode()).hexdigest()[:20]
+        h.update((f"{rel}\0refused-symlink\n" if entry == rel else f"{rel}\0refused\0{reason}\n").encode())
+    return h.hexdigest()[:20]
+
+
+_MTIME, _SHA256 = operator.itemgetter(1), operator.itemgetter(2)  # FileStat.mtime_ns, .sha256
+
+
+def _unchanged(entries: list[tuple[str, int, int]], cached: dict[str, FileStat], limit: int) -> bool:
+    """Whether the walk found every cached file with its cached size and mtime, none modified after
+    `limit` (racy), and no other dataset file: the stat cache test of `scan_dataset` for all at once."""
+    if len(entries) < len(cached) or max(map(_MTIME, cached.values()), default=limit) >= limit:
+        return False
+    listing = [(rel, st[0], st[1]) for rel, st in cached.items()]
+    if entries == listing:
+        return True
+    others = set(entries).difference(listing)  # then the walk's other files, none a dataset file
+    return len(others) == len(entries) - len(listing) and not any(is_dataset_file(e[0]) for e in others)
 
 
 def _read_text_file(path: str, cap: int) -> bytes:
@@ -197,13 +220,12 @@ def scan_dataset(root: str | os.PathLike, *, cache: StatCache | None = None, ful
     root_p = root_p.resolve()
     root_s = str(root_p) + os.sep
     cache = cache or StatCache()
-    started = _now_ns()
+    started = time.time_ns()
     if store is not None:
         exclude = (*exclude, (store.root.parent, "the storage folder of this snapshot"))
     walked = walk_dataset(root_p, exclude=exclude, max_file_bytes=max_file_bytes)
     entries = walked.files
     refused = list(walked.refused)
-    files: dict[str, FileStat] = {}
     probes: dict[str, ImageInfo] = {}
     texts: dict[str, tuple[str, bool]] = {}
     todo: list[tuple[str, int, bool]] = []
@@ -216,7 +238,15 @@ def scan_dataset(root: str | os.PathLike, *, cache: StatCache | None = None, ful
     view = store.held_view() if store is not None and entries and cached else None
     held, pack_sizes = view if view is not None else ({}, {})
     splitext = os.path.splitext
-    for rel, size, mtime_ns in entries:
+    # Every file unchanged (the everyday re-snapshot): all trusted at once, only the store is asked.
+    files: dict[str, FileStat] = dict(cached) if cached and _unchanged(entries, cached, limit) else {}
+    for size, _, sha in files.values():
+        loc = held.get(sha)
+        if (loc is None or loc[0] is None or loc[2] != size or pack_sizes.get(loc[0], -1) < loc[1] + size) \
+                and has is not None and not has(sha, size):
+            files = {}  # an object to store again: file by file below
+            break
+    for rel, size, mtime_ns in () if files else entries:
         old = cached.get(rel)
         if old is not None and old.size == size and old.mtime_ns == mtime_ns and mtime_ns < limit:
             if has is None:
@@ -365,9 +395,3 @@ def cache_from(files: dict[str, FileStat], scanned_at_ns: int,
                manifest: Callable[[], pl.DataFrame | None] | None) -> StatCache:
     """A StatCache from a stored file list; `manifest()` gives the last manifest when needed."""
     return StatCache(files=dict(files), scanned_at_ns=scanned_at_ns, loader=manifest)
-
-
-def _now_ns() -> int:
-    import time
-
-    return time.time_ns()

@@ -61,7 +61,8 @@ from lora_pipeline.dataset.images import DEFAULT_MAX_PIXELS
 from lora_pipeline.dataset.integrity import Integrity, VerifyingObjectStore, verify_snapshot_objects
 from lora_pipeline.dataset.layout import DatasetError, DatasetListing
 from lora_pipeline.dataset.pack import INDEX_FILE, ObjectIndex, ObjectStore, StoredObject, object_location  # noqa: F401
-from lora_pipeline.dataset.scan import FileStat, Scan, StatCache, cache_from, gc_paused, scan_dataset
+from lora_pipeline.dataset.scan import Scan, StatCache, cache_from, gc_paused, scan_dataset
+from lora_pipeline.dataset.statcache import STAT_CACHE_KEY, read_stat_cache, stat_cache_doc
 from lora_pipeline.findings import Finding
 from lora_pipeline.fsutil import atomic_write_text
 from lora_pipeline.storage import Storage
@@ -264,7 +265,7 @@ def _cache(storage: Storage, dataset: str, with_manifest: bool) -> tuple[StatCac
     if not data:
         return StatCache(), None
     try:
-        files = _file_stats(data.get("files", {}))
+        files = read_stat_cache(data)
         sid = data.get("snapshot_id")
         mpath = storage.snapshot_dir(dataset, sid) / "manifest.parquet" if isinstance(sid, str) else None
 
@@ -277,19 +278,6 @@ def _cache(storage: Storage, dataset: str, with_manifest: bool) -> tuple[StatCac
         return cache_from(files, int(data.get("scanned_at_ns", 0)), manifest), sid
     except (ValueError, TypeError, IndexError):
         return StatCache(), None
-
-
-def _file_stats(entries: dict) -> dict[str, FileStat]:
-    """latest.json's stat cache: `FileStat.from_list` of each entry (ValueError, TypeError or
-    IndexError when one is malformed), without a conversion per value when they have the types
-    written (one entry per file: 40,000 on a large dataset)."""
-    try:
-        stats = list(map(FileStat._make, entries.values()))
-    except TypeError:  # not [size, mtime_ns, sha256] (another length, or not a list)
-        stats = None
-    if stats is None or not all(type(a) is int and type(b) is int and type(c) is str for a, b, c in stats):
-        return {k: FileStat.from_list(v) for k, v in entries.items()}
-    return dict(zip(entries, stats, strict=True))
 
 
 def take_snapshot(storage_root: str | os.PathLike, dataset: str, source_root: str | os.PathLike, *,
@@ -344,7 +332,7 @@ def _take_snapshot(storage_root: str | os.PathLike, dataset: str, source_root: s
         atomic_write_text(storage.snapshots_of(dataset) / "latest.json", _json({
             "schema_version": SCHEMA_VERSION, "dataset": dataset, "snapshot_id": sid,
             "source_root": str(scan.root), "scanned_at_ns": scan.scanned_at_ns,
-            "files": {k: v.to_list() for k, v in scan.files.items()}}))
+            STAT_CACHE_KEY: stat_cache_doc(scan.files)}))
     result = SnapshotResult(info, created, scan, previous_id)
     if integrity is not None:
         integrity.note_repairs(storage.root, store.rewritten)
