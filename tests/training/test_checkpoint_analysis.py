@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from lora_pipeline.lora.inspect import analyse, f16_bits_to_f32, inspect_file
+from lora_pipeline.lora.inspect import analyse, inspect_file
 from lora_pipeline.lora.safetensors_file import read_safetensors
+from lora_pipeline.lora.tensor_math import f16_bits_to_f32
 from lora_pipeline.training.checkpoints import _Shared, analyse_checkpoint
 
 M = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"

@@ -11,8 +11,9 @@ import struct
 import numpy as np
 import pytest
 
-from lora_pipeline.lora.inspect import _scan_tensors, analyse
+from lora_pipeline.lora.inspect import analyse
 from lora_pipeline.lora.safetensors_file import read_safetensors
+from lora_pipeline.lora.tensor_math import scan_tensors
 from lora_pipeline.training import checkpoints
 from lora_pipeline.training.checkpoints import FileIndex, analyse_checkpoint
 
@@ -102,7 +103,7 @@ def test_every_16_bit_code_is_classified_like_numpy(tmp_path, dtype):
         tensors.append((f"bad{i}", dtype, (3,), one.tobytes()))
     f = tmp_path / "codes.safetensors"
     write_raw(f, tensors)
-    scan = _scan_tensors(read_safetensors(f))
+    scan = scan_tensors(read_safetensors(f))
     assert scan["finite"] == scan["tiny_neg"] == scan["tiny_pos"] == (False, False)
     assert scan["zeros"] == (False, True)
     assert len(tensors) > 50 and all(scan[n][0] and not scan[n][1] for n, *_ in tensors[4:])
@@ -114,7 +115,7 @@ def test_fp8_and_integer_tensors_take_the_decoded_path(tmp_path):
                                             ("b", "F8_E4M3", (2,), bytes([0x00, 0x80])),
                                             ("c", "I32", (2,), np.array([0, 0], "<i4").tobytes()),
                                             ("d", "F16", (0,), b"")])
-    scan = _scan_tensors(read_safetensors(tmp_path / "f8.safetensors"))
+    scan = scan_tensors(read_safetensors(tmp_path / "f8.safetensors"))
     assert scan == {"a": (True, False), "b": (False, True), "c": (False, True), "d": (False, True)}
 
 
@@ -151,12 +152,12 @@ def test_the_index_turns_a_light_entry_into_a_full_one_without_hashing_again(tmp
 
 @pytest.mark.parametrize("block", [2, 6, 64, 1000, 1 << 20])
 def test_the_blocked_scan_equals_the_scan_tensor_by_tensor(tmp_path, monkeypatch, block):
-    from lora_pipeline.lora import inspect
+    from lora_pipeline.lora import tensor_math
 
-    monkeypatch.setattr(inspect, "_BLOCK_BYTES", block)
+    monkeypatch.setattr(tensor_math, "_BLOCK_BYTES", block)
     grouped = []
-    segment_maxima = inspect._segment_maxima
-    monkeypatch.setattr(inspect, "_segment_maxima", lambda u, *a: grouped.append(u.dtype) or segment_maxima(u, *a))
+    segment_maxima = tensor_math._segment_maxima
+    monkeypatch.setattr(tensor_math, "_segment_maxima", lambda u, *a: grouped.append(u.dtype) or segment_maxima(u, *a))
     rng = np.random.default_rng(11)
     tensors = []
     for i, n in enumerate([1, 3, 40, 7, 300, 2, 129]):
@@ -169,9 +170,9 @@ def test_the_blocked_scan_equals_the_scan_tensor_by_tensor(tmp_path, monkeypatch
     f = tmp_path / "blocks.safetensors"
     write_raw(f, tensors)
     sf = read_safetensors(f)
-    got = _scan_tensors(sf)
+    got = scan_tensors(sf)
     assert grouped == [np.uint16]  # float16 together (blocked); the scattered float32 one by one
-    assert got == {name: inspect._bits_scan(sf, name) for name, *_ in tensors}
+    assert got == {name: tensor_math._bits_scan(sf, name) for name, *_ in tensors}
     assert got["t2"] == got["t4"] == (True, False) and got["t1"] == got["a3"] == (False, True)
 
 
