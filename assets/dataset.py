@@ -14,6 +14,9 @@ dataset) and its asset checks. Thin: the work is in lora_pipeline.dataset.
   eleven steps cost ~10 Dagster steps' bookkeeping and ten more manifest reads per snapshot.
 """
 
+import functools
+import traceback
+from collections.abc import Callable
 
 import dagster as dg
 
@@ -152,10 +155,20 @@ def definitions(config: Config) -> dg.Definitions:
     def dataset_checks(context: dg.AssetCheckExecutionContext, settings: PipelineSettings):
         key, cfg = context.partition_key, settings.config
         snap = _latest(cfg, key)
-        names = [n for n in CHECK_DESCRIPTIONS if dg.AssetCheckKey(SNAPSHOT_KEY, n) in context.selected_asset_check_keys]
-        manifest = snap.manifest() if set(names) - {"source_unchanged"} else None  # read once for all
-        for name in names:
-            yield run_dataset_check(name, key, cfg, snap, manifest)
+        manifest = functools.cache(snap.manifest)  # read once, by the first check that needs it
+        failed = []
+        for name in CHECK_DESCRIPTIONS:
+            if dg.AssetCheckKey(SNAPSHOT_KEY, name) not in context.selected_asset_check_keys:
+                continue
+            try:  # one check that cannot run costs only itself, as when each was its own step
+                yield run_dataset_check(name, key, cfg, snap, manifest)
+            except dg.Failure as e:
+                failed.append(f"{name}: {e.description}")
+            except Exception as e:  # noqa: BLE001 - the others still run; the traceback goes to the log
+                context.log.error(f"check {name} raised:\n{traceback.format_exc()}")
+                failed.append(f"{name}: {type(e).__name__}: {e}")
+        if failed:
+            raise dg.Failure(description="; ".join(failed))
 
     return dg.Definitions(assets=[dataset_source, dataset_snapshot], asset_checks=[dataset_checks])
 
@@ -170,9 +183,10 @@ def _latest(cfg: Config, key: str):
     return snap
 
 
-def run_dataset_check(name: str, key: str, cfg: Config, snap=None, manifest=None) -> dg.AssetCheckResult:
+def run_dataset_check(name: str, key: str, cfg: Config, snap=None, manifest: Callable | None = None
+                      ) -> dg.AssetCheckResult:
     """One check on the latest snapshot of dataset `key` (also callable directly in tests); `snap` and
-    its `manifest` frame, when given, are shared by the checks of one step."""
+    `manifest()` (its manifest frame), when given, are shared by the checks of one step."""
     from lora_pipeline.dataset.checks import CHECKS, CheckInput
     from lora_pipeline.dataset.layout import DatasetError
     from lora_pipeline.dataset.snapshot import source_drift
@@ -190,7 +204,7 @@ def run_dataset_check(name: str, key: str, cfg: Config, snap=None, manifest=None
                       "fingerprint": drift.fingerprint})
         return _result(name, [finding] if finding else [], extra)
     c = cfg.checks
-    inp = CheckInput(snap.manifest() if manifest is None else manifest, key, snap.orphan_captions, snap.refused_symlinks, trigger=ds.trigger,
+    inp = CheckInput((manifest or snap.manifest)(), key, snap.orphan_captions, snap.refused_symlinks, trigger=ds.trigger,
                      resolution=c.resolution, min_images=c.min_images,
                      min_distinct_caption_ratio=c.min_distinct_caption_ratio,
                      near_duplicate_distance=c.near_duplicate_distance,
