@@ -78,6 +78,19 @@ def pixel_diff(a: Any, b: Any) -> dict[str, float]:
     return {"max_abs": float(d.max()), "mean_abs": float(d.mean())}
 
 
+def determinism(reference: Any, image: Any, seed: int, subject: str) -> tuple[dict[str, Any], list[Finding]]:
+    """`evaluation.json`'s determinism section for base image 0-<seed> rendered twice, and its finding."""
+    diff = pixel_diff(reference, image)
+    return ({"reference": f"base 0-{seed}", **diff, "tolerance": NONDETERMINISM_TOLERANCE},
+            nondeterministic(diff, {"arm": "base", "prompt_index": 0, "seed": seed}, subject))
+
+
+def determinism_reused(seed: int) -> dict[str, Any]:
+    """The determinism section when base image 0-<seed> came from the render cache: nothing to compare."""
+    return {"reference": f"base 0-{seed}", "skipped": "base render reused from the render cache (rendered and "
+                                                      "checked for determinism when it was first made)"}
+
+
 def nondeterministic(diff: dict[str, float], where: dict[str, Any], subject: str) -> list[Finding]:
     tol = NONDETERMINISM_TOLERANCE
     if diff["max_abs"] <= tol["max_abs"] and diff["mean_abs"] <= tol["mean_abs"]:

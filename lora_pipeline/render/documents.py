@@ -1,5 +1,6 @@
 """The records one evaluation writes, built from plain values: a render's manifest (shape documented in
-manifest.py), its row in `evaluation.json`, its render-cache entry, and the arm metrics."""
+manifest.py), its row in `evaluation.json`, its render-cache key fields and entry, the LoRA's provenance
+and the arm metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_pipeline.fsutil import sha256_file
-from lora_pipeline.render import cache, compare, manifest
+from lora_pipeline.render import cache, compare, contract, infotext, manifest
 from lora_pipeline.render.pipeline import MEMORY_SETTINGS
 from lora_pipeline.render.render_one import RenderOutput, RenderRequest
 
@@ -51,6 +52,16 @@ def render_row(png: Path, out_dir: Path, m: dict[str, Any], out: RenderOutput, s
             "save_s": round(save_s, 6), "render_key": key, "render_cache": cache_state}
 
 
+def cache_key_fields(inp: Any, base: dict[str, Any], req: RenderRequest, lora: dict[str, Any] | None,
+                     scheduler: str, versions: dict[str, str]) -> dict[str, Any]:
+    """What the render cache keys one render of this evaluation on (cache.key_fields)."""
+    s = inp.spec
+    return cache.key_fields(base_sha256=base["sha256"], lora=lora, prompt=req.prompt,
+                            negative_prompt=req.negative_prompt, seed=req.seed, width=s.width, height=s.height,
+                            steps=s.steps, guidance_scale=s.guidance_scale, scheduler=scheduler, dtype=inp.dtype,
+                            device=inp.device, memory_settings=MEMORY_SETTINGS, library_versions=versions)
+
+
 def cache_entry(key_fields: dict[str, Any], out: RenderOutput, timings: dict[str, float]) -> dict[str, Any]:
     """What the render cache keeps beside the pixels: how the original render ran."""
     return {"key_fields": key_fields, "pixels_sha256": out.pixels_sha256, "requested": out.requested,
@@ -62,6 +73,22 @@ def output_from_entry(image: Any, entry: dict[str, Any]) -> RenderOutput:
     return RenderOutput(image=image, requested=dict(entry.get("requested") or {}),
                         observed=dict(entry.get("observed") or {}), step_s=list(entry.get("step_s") or []),
                         pixels_sha256=entry["pixels_sha256"])
+
+
+def lora_facts(inp: Any, report: Any) -> dict[str, Any]:
+    """`provenance.lora` as read from the file (lora/inspect.py's report), before it is loaded."""
+    return {"path": str(inp.checkpoint.path), "sha256": report.sha256, "recorded_sha256": inp.checkpoint.sha256,
+            "alpha_source": contract.alpha_source(report), "scale": inp.spec.lora_scale,
+            "key_format": report.key_format, "architecture": report.architecture.get("family"),
+            "ranks": report.ranks, "short_hash": infotext.lora_short_hash(inp.checkpoint.path, report.metadata)}
+
+
+def lora_applied(outcome: Any) -> dict[str, Any]:
+    """What the load proved landed (lora/load.py's outcome), added to `provenance.lora`."""
+    bv = outcome.evidence.get("by_value") or {}
+    return {"applied": "partial" if outcome.partial else "as_file",
+            "modules_as_file": f"{(bv.get('statuses') or {}).get('ok', 0)}/{bv.get('modules_in_file')}",
+            **{f"file_{k}": v for k, v in (outcome.evidence.get("file_defines") or {}).items()}}
 
 
 def arm_metrics(images: dict[tuple, Any]) -> dict[str, float]:

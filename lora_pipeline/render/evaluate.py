@@ -35,10 +35,10 @@ from typing import Any
 from lora_pipeline.findings import Finding, verdict
 from lora_pipeline.fsutil import atomic_write_json
 from lora_pipeline.render import cache, compare, contract, documents, infotext, manifest, ops, prompts
-from lora_pipeline.render.families import guidance, negative_ignored, text_encoders
+from lora_pipeline.render.families import set_scheduler
 from lora_pipeline.render.log_batch import BatchedLog
-from lora_pipeline.render.pipeline import MEMORY_SETTINGS, CachedPipeline, cached_keys, discard, get_pipeline
-from lora_pipeline.render.render_one import RenderRequest, render_image, settings_changes
+from lora_pipeline.render.pipeline import CachedPipeline, cached_keys, discard, get_pipeline
+from lora_pipeline.render.render_one import RenderRequest, render_image, settings_changed
 from lora_pipeline.render.spec import ARMS, LORA_ARMS, BaseChoice, CheckpointInput, EvalSpec, RunFacts
 
 EVALUATION_FILE = "evaluation.json"
@@ -138,13 +138,8 @@ class _Evaluation:
         self.findings += file_findings
         self.findings += contract.check_lora_family(report, self.base_identity, self.subject)
         self.findings += contract.check_resolution(inp.spec, inp.facts, self.subject)
-        self.report = report
         if report is not None:
-            self.lora_facts = {"path": str(inp.checkpoint.path), "sha256": report.sha256,
-                               "recorded_sha256": inp.checkpoint.sha256, "alpha_source": contract.alpha_source(report),
-                               "scale": inp.spec.lora_scale, "key_format": report.key_format,
-                               "architecture": report.architecture.get("family"), "ranks": report.ranks,
-                               "short_hash": infotext.lora_short_hash(inp.checkpoint.path, report.metadata)}
+            self.lora_facts = documents.lora_facts(inp, report)
         if self.base_identity:
             self._with_pipeline(report)
         return self._finish()
@@ -158,7 +153,7 @@ class _Evaluation:
             self.entry, self.cold = get_pipeline(Path(b["path"]), b["sha256"], b["architecture"], inp.dtype, inp.device)
         except Exception as e:  # noqa: BLE001 - a finding, not a traceback
             self.findings.append(ops.error_finding(e, "pipeline_load", self.subject, {"base": b["path"]}))
-            self._skip_all("the base pipeline could not be loaded")
+            self._skip(ARMS, "the base pipeline could not be loaded")
             return
         self.load_timings = {"pipeline_load": "cold" if self.cold else "warm",
                              "pipeline_load_s": round(self.entry.load_s if self.cold else time.perf_counter() - t0, 6)}
@@ -168,15 +163,18 @@ class _Evaluation:
         original_scheduler = pipe.scheduler
         try:
             try:
-                self.scheduler = self._set_scheduler(pipe)
+                self.scheduler = set_scheduler(pipe, inp.spec.scheduler)
+                self.sampler_a1111 = infotext.a1111_sampler(pipe.scheduler)
             except ValueError as e:
                 self.findings.append(ops.error_finding(e, "scheduler", self.subject, {}))
-                self._skip_all(str(e))
+                self._skip(ARMS, str(e))
                 return
-            self._prompt_checks(pipe, report)
+            self.guidance, found, self.token_counts = prompts.check_pipeline_prompts(
+                pipe, inp.spec, inp.facts, report, self.subject)
+            self.findings += found
             self._render_arm_set(("base",), None)
             self._determinism()
-            if self._lora_contract_failed():
+            if any(f.code in LORA_CONTRACT and f.severity == "error" for f in self.findings):
                 reason = "LoRA contract failed: " + ", ".join(sorted({f.code for f in self.findings
                                                                      if f.code in LORA_CONTRACT}))
                 self._skip(LORA_ARMS, reason)
@@ -185,32 +183,6 @@ class _Evaluation:
         finally:
             if self.entry.pipe is not None:
                 pipe.scheduler = original_scheduler
-
-    def _set_scheduler(self, pipe: Any) -> str:
-        name = self.inp.spec.scheduler
-        if name and name != type(pipe.scheduler).__name__:
-            import diffusers
-
-            cls = getattr(diffusers, name, None)
-            if cls is None or not hasattr(cls, "from_config"):
-                raise ValueError(f"eval.scheduler {name!r}: not a diffusers scheduler")
-            pipe.scheduler = cls.from_config(pipe.scheduler.config)
-        self.sampler_a1111 = infotext.a1111_sampler(pipe.scheduler)
-        return type(pipe.scheduler).__name__
-
-    def _prompt_checks(self, pipe: Any, report: Any) -> None:
-        inp = self.inp
-        self.guidance = guidance(pipe, inp.spec.guidance_scale, inp.spec.negative_prompt)
-        self.findings += negative_ignored(self.guidance, inp.spec.negative_prompt, self.subject)
-        metadata_trigger = report.declared.get("trigger") if report is not None else None
-        found, self.token_counts = prompts.check_spec_prompts(
-            text_encoders(pipe), inp.spec.prompts, inp.spec.negative_prompt, inp.facts.trigger,
-            {"captions": inp.facts.caption_trigger, "metadata": metadata_trigger}, self.subject,
-            negative_used=self.guidance["negative_prompt"] == "applied")
-        self.findings += found
-
-    def _lora_contract_failed(self) -> bool:
-        return any(f.code in LORA_CONTRACT and f.severity == "error" for f in self.findings)
 
     def _load_and_render_lora(self, report: Any) -> None:
         from lora_pipeline.lora.load import PipelineDirty, load_and_verify, unload
@@ -235,10 +207,7 @@ class _Evaluation:
         if not outcome.applied:
             self._skip(LORA_ARMS, "LoRA contract failed: " + ", ".join(sorted({f.code for f in outcome.findings})))
             return
-        bv = outcome.evidence.get("by_value") or {}
-        self.lora_facts.update(applied="partial" if outcome.partial else "as_file",
-                               modules_as_file=f"{(bv.get('statuses') or {}).get('ok', 0)}/{bv.get('modules_in_file')}",
-                               **{f"file_{k}": v for k, v in (outcome.evidence.get("file_defines") or {}).items()})
+        self.lora_facts.update(documents.lora_applied(outcome))
         try:
             self._render_arm_set(LORA_ARMS, self.lora_facts)
         finally:
@@ -255,22 +224,16 @@ class _Evaluation:
         self._skip(LORA_ARMS, f"pipeline discarded in {phase}")
 
     def _skip(self, arms: tuple[str, ...], reason: str) -> None:
-        for arm in arms:
-            for pi in range(len(self.inp.spec.prompts)):
-                for seed in self.inp.spec.seeds:
-                    if (pi, seed, arm) not in self.reasons:
-                        self.reasons[(pi, seed, arm)] = reason
-                        self.skipped.append({"arm": arm, "prompt_index": pi, "seed": seed, "reason": reason})
-
-    def _skip_all(self, reason: str) -> None:
-        self._skip(ARMS, reason)
+        for arm, pi, seed in itertools.product(arms, range(len(self.inp.spec.prompts)), self.inp.spec.seeds):
+            if (pi, seed, arm) not in self.reasons:
+                self.reasons[(pi, seed, arm)] = reason
+                self.skipped.append({"arm": arm, "prompt_index": pi, "seed": seed, "reason": reason})
 
     # -- rendering -------------------------------------------------------------------------------
     def _render_arm_set(self, arms: tuple[str, ...], lora: dict[str, Any] | None) -> None:
-        for arm in arms:
-            for pi, template in enumerate(self.inp.spec.prompts):
-                for seed in self.inp.spec.seeds:
-                    self._render(arm, pi, template, seed, lora)
+        spec = self.inp.spec
+        for arm, (pi, template), seed in itertools.product(arms, enumerate(spec.prompts), spec.seeds):
+            self._render(arm, pi, template, seed, lora)
 
     def _request(self, arm: str, pi: int, template: str, seed: int) -> RenderRequest:
         with_trigger = arm != "lora_no_trigger"
@@ -282,9 +245,10 @@ class _Evaluation:
         inp = self.inp
         req = self._request(arm, pi, template, seed)
         png = inp.out_dir / arm / f"{req.name}.png"
-        key = None
+        key = fields = None
         if keep_file and self.cache is not None:
-            key = self._key(req, lora)
+            fields = documents.cache_key_fields(inp, self.base_identity, req, lora, self.scheduler, self.versions)
+            key = cache.render_key(fields)
             hit = self.cache.get(key)
             if hit is not None:
                 cache.HITS[arm] += 1
@@ -297,21 +261,9 @@ class _Evaluation:
         out, timings = got
         encoded = None
         if key is not None:
-            _entry, encoded = self.cache.put(key, out.image,
-                                             documents.cache_entry(self._key_fields(req, lora), out, timings))
+            _entry, encoded = self.cache.put(key, out.image, documents.cache_entry(fields, out, timings))
         self._keep(req, png, out, timings, lora, template, key, "miss" if key else None, encoded)
         return out.image
-
-    def _key_fields(self, req: RenderRequest, lora: dict[str, Any] | None) -> dict[str, Any]:
-        s, b = self.inp.spec, self.base_identity
-        return cache.key_fields(base_sha256=b["sha256"], lora=lora, prompt=req.prompt,
-                                negative_prompt=req.negative_prompt, seed=req.seed, width=s.width, height=s.height,
-                                steps=s.steps, guidance_scale=s.guidance_scale, scheduler=self.scheduler,
-                                dtype=self.inp.dtype, device=self.inp.device, memory_settings=MEMORY_SETTINGS,
-                                library_versions=self.versions)
-
-    def _key(self, req: RenderRequest, lora: dict[str, Any] | None) -> str:
-        return cache.render_key(self._key_fields(req, lora))
 
     def _render_now(self, req: RenderRequest, png: Path, keep_file: bool) -> tuple[Any, dict] | Any | None:
         inp, pipe, arm, pi, seed = self.inp, self.entry.pipe, req.arm, req.prompt_index, req.seed
@@ -337,10 +289,10 @@ class _Evaluation:
             phase = clock.phase
             if hb:
                 hb.done()
-            self.findings.append(ops.error_finding(e, phase, self.subject,
-                                                   {"arm": arm, "prompt_index": pi, "seed": seed}))
-            self.reasons[(pi, seed, arm)] = f"{type(e).__name__} in {phase}"
-            self.skipped.append({"arm": arm, "prompt_index": pi, "seed": seed, "reason": self.reasons[(pi, seed, arm)]})
+            where = {"arm": arm, "prompt_index": pi, "seed": seed}
+            self.findings.append(ops.error_finding(e, phase, self.subject, where))
+            self.reasons[(pi, seed, arm)] = reason = f"{type(e).__name__} in {phase}"
+            self.skipped.append({**where, "reason": reason})
             self.log(f"{label}: FAILED in {phase}: {type(e).__name__}")
             if ops.classify_error(e) != "failed":
                 from lora_pipeline.render.pipeline import empty_device_cache
@@ -365,12 +317,7 @@ class _Evaluation:
               template: str, key: str | None, cache_state: str | None, encoded: bytes | None = None) -> None:
         """Check the settings, write the checkpoint's copy (PNG with both chunks + sidecar), record it."""
         inp, arm, pi, seed = self.inp, req.arm, req.prompt_index, req.seed
-        changes = settings_changes(inp.spec, req, out, self.scheduler)
-        if changes:
-            self.findings.append(Finding("RUNTIME.SETTINGS_CHANGED", self.subject,
-                                         f"The settings passed for {arm} {req.name} differ from the eval spec in "
-                                         f"{', '.join(changes)}.", {"arm": arm, "prompt_index": pi, "seed": seed,
-                                                                    "changes": changes}))
+        self.findings += settings_changed(inp.spec, req, out, self.scheduler, self.subject)
         m = documents.render_manifest(inp, self.base_identity, req, out, timings, lora, template, self.load_timings,
                                       self.token_counts, self.scheduler, self.versions)
         m["sampler_a1111"], m["guidance"] = self.sampler_a1111, self.guidance
@@ -396,9 +343,7 @@ class _Evaluation:
         if first is None:
             return
         if (0, spec.seeds[0], "base") not in self.fresh:
-            self.doc["determinism"] = {"reference": f"base 0-{spec.seeds[0]}",
-                                       "skipped": "base render reused from the render cache (rendered and "
-                                                  "checked for determinism when it was first made)"}
+            self.doc["determinism"] = compare.determinism_reused(spec.seeds[0])
             return
         # The reference is per resolved prompt, not per spec: runs with another trigger render another
         # base prompt, and comparing it with this one would report a false NONDETERMINISTIC.
@@ -411,11 +356,8 @@ class _Evaluation:
                 return
             self.entry.checks[key] = ref = first
             first = again
-        diff = compare.pixel_diff(ref, first)
-        self.doc["determinism"] = {"reference": f"base 0-{spec.seeds[0]}", **diff,
-                                   "tolerance": compare.NONDETERMINISM_TOLERANCE}
-        self.findings += compare.nondeterministic(diff, {"arm": "base", "prompt_index": 0, "seed": spec.seeds[0]},
-                                                  self.subject)
+        self.doc["determinism"], found = compare.determinism(ref, first, spec.seeds[0], self.subject)
+        self.findings += found
 
     # -- the end ---------------------------------------------------------------------------------
     def _finish(self) -> EvaluationResult:
@@ -426,12 +368,9 @@ class _Evaluation:
             self.findings += manifest.validate_manifests(self.manifests, self.subject)
             self.doc["metrics"].update(documents.arm_metrics(self.images))
             self._quality()
-        if self.first_call_here and self.entry is not None:
-            steady = [v for k, v in list(self.render_s.items())[1:]]
-            self.findings += ops.slow_warmup(self.entry.first_call_s, steady, self.subject)
-        for f in self.findings:  # a lost worker whose render was redone here is history, not a fault
-            if f.code == "OPERATIONAL.WORKER_LOST" and Path(f.evidence.get("output", "")).is_file():
-                f.severity, f.evidence["recovered"] = "info", True
+        if self.first_call_here and self.entry is not None:  # the steady state: every render after the first
+            self.findings += ops.slow_warmup(self.entry.first_call_s, list(self.render_s.values())[1:], self.subject)
+        ops.mark_recovered(self.findings)  # WORKER_LOST of a render redone since: info
         doc = documents.evaluation_document(self, verdict(self.findings))
         path = atomic_write_json(inp.out_dir / EVALUATION_FILE, doc)
         return EvaluationResult(path=path, verdict=doc["verdict"], findings=self.findings, renders=self.renders,

@@ -1,5 +1,5 @@
 """What a pipeline family does with the eval settings: its text encoders and their real limits, how it
-guides, and whether the negative prompt reaches the model.
+guides, and whether the negative prompt reaches the model (`set_scheduler` puts the spec's scheduler in).
 
 | family | encoders (limit) | guidance | negative prompt |
 |---|---|---|---|
@@ -87,6 +87,19 @@ def text_encoders(pipe: Any) -> dict[str, TextEncoder]:
                 else (lambda t: t)
             out[name] = TextEncoder(tok, limit, frame)
     return out
+
+
+def set_scheduler(pipe: Any, name: str | None) -> str:
+    """Swap in the diffusers scheduler class `name`, built from the current one's config (none or the
+    class already in use: nothing changes); returns the class name in use. ValueError: no such class."""
+    if name and name != type(pipe.scheduler).__name__:
+        import diffusers
+
+        cls = getattr(diffusers, name, None)
+        if cls is None or not hasattr(cls, "from_config"):
+            raise ValueError(f"eval.scheduler {name!r}: not a diffusers scheduler")
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    return type(pipe.scheduler).__name__
 
 
 def guidance(pipe: Any, guidance_scale: float, negative_prompt: str) -> dict[str, Any]:

@@ -7,7 +7,8 @@ with a finding). `scan_heartbeats` reports OPERATIONAL.WORKER_LOST for a heartbe
 not exist and whose process is gone: on the same host at once (pid and its start time checked, so a
 reused pid does not count as alive); on another host when older than `stale_after_s` (staleness alone
 decides there). The launcher (assets/run_health.py) uses `lost_heartbeats` to tell a run whose
-worker died from one still rendering.
+worker died from one still rendering. A lost render redone since is history: `mark_recovered` makes
+its finding info.
 
 Errors: `torch.OutOfMemoryError` (== torch.cuda.OutOfMemoryError) and host allocation failures
 (`MemoryError`, or a RuntimeError from the CPU allocator) -> OPERATIONAL.OOM with the phase; never
@@ -188,6 +189,13 @@ def scan_heartbeats(renders_dir: Path, subject: str, stale_after_s: float = STAL
         if remove:
             Path(d["file"]).unlink(missing_ok=True)
     return out
+
+
+def mark_recovered(findings: list[Finding]) -> None:
+    """A lost worker whose render was redone since is history, not a fault: its WORKER_LOST becomes info."""
+    for f in findings:
+        if f.code == "OPERATIONAL.WORKER_LOST" and Path(f.evidence.get("output", "")).is_file():
+            f.severity, f.evidence["recovered"] = "info", True
 
 
 def slow_warmup(first_s: float | None, steady: list[float], subject: str) -> list[Finding]:

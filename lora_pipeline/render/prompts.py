@@ -15,7 +15,8 @@ import re
 from typing import Any
 
 from lora_pipeline.findings import Finding
-from lora_pipeline.render.families import TextEncoder
+from lora_pipeline.render.families import TextEncoder, guidance, negative_ignored, text_encoders
+from lora_pipeline.render.spec import EvalSpec, RunFacts
 
 _STOPWORDS = frozenset("""a an the of on in at with and or to from by for is are be this that it its as into
 onto over under near very some any no not without""".split())
@@ -164,3 +165,18 @@ def check_spec_prompts(encoders: dict[str, TextEncoder], templates: tuple[str, .
         if negative_used:
             findings += check_negative(arm_prompt(template, trigger, True), negative, subject, {"prompt_index": pi})
     return findings, counts_by_arm
+
+
+def check_pipeline_prompts(pipe: Any, spec: EvalSpec, facts: RunFacts, report: Any, subject: str
+                           ) -> tuple[dict[str, Any], list[Finding], dict[tuple, dict]]:
+    """The prompt checks of one evaluation on its loaded pipeline: whether the negative prompt is applied
+    (families.guidance), then `check_spec_prompts` with the trigger the captions and the LoRA file's
+    metadata (lora/inspect.py's report, or None) declare. Returns (guidance, findings, token counts)."""
+    sem = guidance(pipe, spec.guidance_scale, spec.negative_prompt)
+    findings = negative_ignored(sem, spec.negative_prompt, subject)
+    metadata_trigger = report.declared.get("trigger") if report is not None else None
+    found, token_counts = check_spec_prompts(
+        text_encoders(pipe), spec.prompts, spec.negative_prompt, facts.trigger,
+        {"captions": facts.caption_trigger, "metadata": metadata_trigger}, subject,
+        negative_used=sem["negative_prompt"] == "applied")
+    return sem, findings + found, token_counts

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lora_pipeline.findings import Finding
 from lora_pipeline.render.families import call_parameters
 from lora_pipeline.render.ops import Heartbeat, PhaseClock
 from lora_pipeline.render.spec import EvalSpec
@@ -157,3 +158,15 @@ def settings_changes(spec: EvalSpec, req: RenderRequest, out: RenderOutput, sche
         if (abs(got - v) > 1e-9 if isinstance(v, float) else got != v):
             diffs[f"observed_{k}"] = {"spec": v, "observed": got}
     return diffs
+
+
+def settings_changed(spec: EvalSpec, req: RenderRequest, out: RenderOutput, scheduler: str,
+                     subject: str) -> list[Finding]:
+    """RUNTIME.SETTINGS_CHANGED when a render's settings differ from the spec (`settings_changes`)."""
+    changes = settings_changes(spec, req, out, scheduler)
+    if not changes:
+        return []
+    return [Finding("RUNTIME.SETTINGS_CHANGED", subject,
+                    f"The settings passed for {req.arm} {req.name} differ from the eval spec in "
+                    f"{', '.join(changes)}.", {"arm": req.arm, "prompt_index": req.prompt_index, "seed": req.seed,
+                                               "changes": changes})]
