@@ -105,7 +105,7 @@ def definitions(config: Config) -> dg.Definitions:
     def dataset_snapshot(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.MaterializeResult:
         from lora_pipeline.dataset.checks import CheckInput, notes
         from lora_pipeline.dataset.layout import DatasetError
-        from lora_pipeline.dataset.snapshot import take_snapshot
+        from lora_pipeline.dataset.snapshot_write import take_snapshot
 
         cfg = settings.config
         key = context.partition_key

@@ -173,7 +173,7 @@ def main() -> int:
 
     from lora_pipeline.dataset.checks import CheckInput, run_checks
     from lora_pipeline.dataset.scan import RACY_MARGIN_NS, default_workers, gc_paused
-    from lora_pipeline.dataset.snapshot import take_snapshot
+    from lora_pipeline.dataset.snapshot_write import take_snapshot
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="dataset-bench-"))
     src = work / "src"

@@ -13,15 +13,16 @@
     snapshots/<dataset>/latest.json               the latest snapshot of the dataset + the stat cache
                                                   of the last scan (the only file rewritten in place)
 
-A snapshot folder is written under a temporary name and renamed whole, then never changed: the
-same content gives the same `snapshot_id` (lora_pipeline.dataset.scan.content_id) and writes nothing.
+Written by lora_pipeline.dataset.snapshot_write (`take_snapshot`); this module reads what is stored
+and compares a source folder with it.
 
 Public API for other layers (training ingestion, trace):
 
-- `take_snapshot(storage_root, dataset, source_root, full_verify=False) -> SnapshotResult`; with
-  `full_verify` every stored object of the dataset's snapshots is re-hashed against its name first
-  (lora_pipeline.dataset.integrity), a changed one is rewritten from the source when it still holds
-  those bytes, and `.findings` names each changed object (PROVENANCE.INCOMPLETE).
+- `take_snapshot(storage_root, dataset, source_root, full_verify=False) -> SnapshotResult`
+  (lora_pipeline.dataset.snapshot_write); with `full_verify` every stored object of the dataset's
+  snapshots is re-hashed against its name first (lora_pipeline.dataset.integrity), a changed one is
+  rewritten from the source when it still holds those bytes, and `.findings` names each changed
+  object (PROVENANCE.INCOMPLETE).
 - `list_snapshots(storage_root, dataset) -> list[SnapshotInfo]`, oldest first; each has
   `snapshot_id`, `created_at` (ISO UTC), `path`, `source_root`, `files` (relative path -> sha256
   of every image, caption and metadata file) and `objects()` (where each is stored, an ObjectIndex).
@@ -47,30 +48,20 @@ Public API for other layers (training ingestion, trace):
 from __future__ import annotations
 
 import json
-import operator
 import os
-import re
-import shutil
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
 
-from lora_pipeline.dataset.images import DEFAULT_MAX_PIXELS
-from lora_pipeline.dataset.integrity import Integrity, VerifyingObjectStore, verify_snapshot_objects
-from lora_pipeline.dataset.layout import DatasetError, DatasetListing
-from lora_pipeline.dataset.pack import INDEX_FILE, ObjectIndex, ObjectStore, StoredObject, object_location  # noqa: F401
+from lora_pipeline.dataset.layout import DatasetError  # noqa: F401 - raised by current_scan (scan_dataset)
+from lora_pipeline.dataset.pack import ObjectIndex, StoredObject, object_location  # noqa: F401
 from lora_pipeline.dataset.scan import Scan, StatCache, cache_from, gc_paused, scan_dataset
-from lora_pipeline.dataset.statcache import STAT_CACHE_KEY, read_stat_cache, stat_cache_doc
+from lora_pipeline.dataset.statcache import read_stat_cache
 from lora_pipeline.findings import Finding
-from lora_pipeline.fsutil import atomic_write_text
 from lora_pipeline.storage import Storage
 
-SCHEMA_VERSION = 1
 MAX_EXAMPLES = 20
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
-_SHA256 = operator.itemgetter(2)  # FileStat.sha256
 
 
 @dataclass
@@ -101,22 +92,6 @@ class SnapshotInfo:
         if self._frame is not None:  # the snapshot was just written from this frame
             return self._frame.clone()
         return pl.read_parquet(self.manifest_path)
-
-
-@dataclass
-class SnapshotResult:
-    info: SnapshotInfo
-    created: bool  # False: a snapshot with this content already existed
-    scan: Scan
-    previous_id: str | None  # the latest snapshot before this one
-    # full_verify only: stored objects of this dataset's snapshots that no longer hash to their name
-    # (lora_pipeline.dataset.integrity); `findings` holds the one finding naming them
-    integrity: Integrity | None = None
-    findings: list[Finding] = field(default_factory=list)
-
-    @property
-    def snapshot_id(self) -> str:
-        return self.info.snapshot_id
 
 
 @dataclass
@@ -151,11 +126,6 @@ def object_path(storage_root: str | os.PathLike, sha256: str) -> Path:
     return Storage(Path(storage_root)).object(sha256)
 
 
-def _check_name(dataset: str) -> None:
-    if not _SAFE_NAME.match(dataset) or dataset in (".", ".."):
-        raise DatasetError(f"dataset name {dataset!r}: use letters, digits, '.', '_' or '-'")
-
-
 def _read_json(path: Path) -> dict | None:
     try:
         data = json.loads(path.read_text("utf-8"))
@@ -164,7 +134,8 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def _info(dataset: str, folder: Path, data: dict) -> SnapshotInfo:
+def snapshot_info(dataset: str, folder: Path, data: dict) -> SnapshotInfo:
+    """The SnapshotInfo of a snapshot.json document (`data`) in `folder`."""
     return SnapshotInfo(
         dataset=dataset, snapshot_id=data["snapshot_id"], created_at=data.get("created_at", ""),
         path=folder, source_root=data.get("source_root", ""),
@@ -179,32 +150,7 @@ def load_snapshot(storage_root: str | os.PathLike, dataset: str, snapshot_id: st
     data = _read_json(folder / "snapshot.json")
     if not data or data.get("snapshot_id") != snapshot_id or not (folder / "manifest.parquet").is_file():
         return None
-    return _info(dataset, folder, data)
-
-
-def _load_unchanged(storage: Storage, dataset: str, sid: str, scan: Scan) -> SnapshotInfo | None:
-    """`load_snapshot` of the snapshot whose content id the scan has, without decoding its file list
-    again: the same id is the same (relative path, sha256) list, the scan's. snapshot.json is written
-    one key per line, the file list last (`_write_snapshot`); any other shape is read in full."""
-    folder = storage.snapshot_dir(dataset, sid)
-    try:
-        text = (folder / "snapshot.json").read_text("utf-8")
-    except (OSError, ValueError):
-        return None
-    head, sep, tail = text.rpartition('\n "files": ')
-    data = None
-    if sep and head.endswith(",") and tail.endswith("\n}\n") and tail.find("\n", 0, len(tail) - 3) < 0:
-        try:
-            data = json.loads(head[:-1] + "\n}")  # the keys before the file list
-        except ValueError:
-            data = None
-    if not isinstance(data, dict) or data.get("snapshot_id") != sid or "files" in data:
-        return load_snapshot(storage.root, dataset, sid)
-    if not (folder / "manifest.parquet").is_file():
-        return None
-    info = _info(dataset, folder, data)
-    info.files = dict(zip(scan.files, map(_SHA256, scan.files.values()), strict=True))
-    return info
+    return snapshot_info(dataset, folder, data)
 
 
 def list_snapshots(storage_root: str | os.PathLike, dataset: str) -> list[SnapshotInfo]:
@@ -259,7 +205,7 @@ def _image_shas(snap: SnapshotInfo) -> set[str]:
     return {snap.files[k] for k in _image_paths(snap)}
 
 
-def _cache(storage: Storage, dataset: str, with_manifest: bool) -> tuple[StatCache, str | None]:
+def last_scan_cache(storage: Storage, dataset: str, with_manifest: bool) -> tuple[StatCache, str | None]:
     """The stat cache of the last scan of `dataset` (empty when there is none or it is unreadable)."""
     data = _read_json(storage.snapshots_of(dataset) / "latest.json")
     if not data:
@@ -280,140 +226,10 @@ def _cache(storage: Storage, dataset: str, with_manifest: bool) -> tuple[StatCac
         return StatCache(), None
 
 
-def take_snapshot(storage_root: str | os.PathLike, dataset: str, source_root: str | os.PathLike, *,
-                  full_verify: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  workers: int | None = None) -> SnapshotResult:
-    """Snapshot the folder: store new files, write the manifest if this content is new."""
-    with gc_paused():
-        return _take_snapshot(storage_root, dataset, source_root, full_verify=full_verify,
-                              max_pixels=max_pixels, workers=workers)
-
-
-def _take_snapshot(storage_root: str | os.PathLike, dataset: str, source_root: str | os.PathLike, *,
-                   full_verify: bool, max_pixels: int, workers: int | None) -> SnapshotResult:
-    _check_name(dataset)
-    storage = Storage(Path(storage_root))
-    cache, previous_id = _cache(storage, dataset, with_manifest=True)
-    integrity, store = _store(storage, dataset, full_verify, previous_id)
-    known: list[str] = []  # the id known_id saw: when the scan stops there, its files did not change since
-    try:
-        # a re-snapshot of unchanged content needs no manifest: only stats and stored hashes
-        scan = scan_dataset(source_root, cache=cache, full_verify=full_verify, store=store,
-                            max_pixels=max_pixels, workers=workers, known_id=lambda sid: known.append(sid)
-                            or (storage.snapshot_dir(dataset, sid) / "snapshot.json").is_file())
-        sid = known[-1] if scan.frame is None and known else scan.content_id
-        folder = storage.snapshot_dir(dataset, sid)
-        created = False
-        info = _load_unchanged(storage, dataset, sid, scan) if scan.frame is None \
-            else load_snapshot(storage.root, dataset, sid)
-        if info is None:
-            if scan.frame is None:  # a snapshot folder is there but unreadable: build the manifest in full
-                scan = scan_dataset(source_root, cache=cache, full_verify=full_verify,
-                                    store=store, max_pixels=max_pixels, workers=workers)
-            doc = _write_snapshot(folder, dataset, sid, scan, store)
-            created = True
-            if doc is not None:  # what was just written, without reading it back
-                info = _info(dataset, folder, doc)
-                info._frame = scan.frame
-            else:  # a concurrent writer of the same id renamed its folder first
-                info = load_snapshot(storage.root, dataset, sid)
-        else:  # this content is snapshotted: what had to be stored again (it was missing) goes loose
-            store.spill()
-    finally:
-        store.discard()
-    if info is None:
-        raise DatasetError(f"{folder}: snapshot folder exists but is unreadable; move it aside and retry")
-    if scan.frame is None:  # unchanged content: the manifest and listing are the stored ones
-        scan.frame = info.manifest()
-        scan.listing = DatasetListing(root=scan.root, orphan_captions=info.orphan_captions,
-                                      refused_symlinks=info.refused_symlinks,
-                                      metadata_decode_errors=info.metadata_decode_errors, files=sorted(scan.files))
-    if previous_id != sid or cache.files != scan.files:
-        atomic_write_text(storage.snapshots_of(dataset) / "latest.json", _json({
-            "schema_version": SCHEMA_VERSION, "dataset": dataset, "snapshot_id": sid,
-            "source_root": str(scan.root), "scanned_at_ns": scan.scanned_at_ns,
-            STAT_CACHE_KEY: stat_cache_doc(scan.files)}))
-    result = SnapshotResult(info, created, scan, previous_id)
-    if integrity is not None:
-        integrity.note_repairs(storage.root, store.rewritten)
-        finding = integrity.finding()
-        result.integrity, result.findings = integrity, [finding] if finding else []
-    return result
-
-
-def _store(storage: Storage, dataset: str, full_verify: bool,
-           previous_id: str | None) -> tuple[Integrity | None, ObjectStore]:
-    """The object store of a snapshot (most objects are found in the previous snapshot's index); with
-    `full_verify`, every object of the dataset's snapshots is re-hashed first and a changed one counts
-    as absent (rewritten from the source when it holds it)."""
-    def prefer() -> ObjectIndex:
-        if not (isinstance(previous_id, str) and _SAFE_NAME.match(previous_id)):
-            return ObjectIndex()
-        return ObjectIndex.of_snapshot(storage.snapshot_dir(dataset, previous_id))
-
-    if not full_verify:
-        return None, ObjectStore(storage.root, prefer)
-    integrity = verify_snapshot_objects(storage.root, dataset)
-    bad = {p.sha256 for p in integrity.problems}
-    return integrity, VerifyingObjectStore(storage.root, prefer, verified=integrity.good, bad=bad)
-
-
-def _write_snapshot(folder: Path, dataset: str, sid: str, scan: Scan, store: ObjectStore) -> dict | None:
-    """The pack first (fsynced, renamed), then the snapshot folder naming it, written whole and renamed.
-    Returns the snapshot.json document, or None when a concurrent writer's folder took the name."""
-    assert scan.frame is not None
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{sid}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    written = False
-    try:
-        store.commit(sid)
-        store.index_frame((st.sha256, st.size) for st in scan.files.values()).write_parquet(tmp / INDEX_FILE)
-        scan.frame.write_parquet(tmp / "manifest.parquet")
-        doc = {
-            "schema_version": SCHEMA_VERSION, "dataset": dataset, "snapshot_id": sid,
-            "fingerprint": sid, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "source_root": str(scan.root), "scanned_at_ns": scan.scanned_at_ns,
-            "counts": {"images": scan.frame.height, "files": len(scan.files),
-                       "orphan_captions": len(scan.listing.orphan_captions),
-                       "refused_symlinks": len(scan.listing.refused_symlinks)},
-            "orphan_captions": scan.listing.orphan_captions,
-            "refused_symlinks": scan.listing.refused_symlinks,
-            "metadata_decode_errors": scan.listing.metadata_decode_errors,
-            "files": {k: v.to_list() for k, v in sorted(scan.files.items())},
-        }
-        (tmp / "snapshot.json").write_text(_json(doc), "utf-8")
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.chmod(f, 0o444)
-        try:
-            os.rename(tmp, folder)
-            written = True
-        except OSError:
-            if not (folder / "snapshot.json").is_file():  # not a concurrent writer of the same id
-                raise
-        return doc if written else None
-    finally:
-        if not written:  # no snapshot names this pack
-            store.remove_committed()
-        if tmp.exists():
-            for f in tmp.iterdir():
-                os.chmod(f, 0o644)
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _json(doc: dict) -> str:
-    """One key per line, each value on one line (the C encoder: `indent` would use the slow Python one)."""
-    items = [f" {json.dumps(k)}: {json.dumps(v, separators=(',', ':'))}" for k, v in doc.items()]
-    return "{\n" + ",\n".join(items) + "\n}\n"
-
-
 def _current(storage: Storage, dataset: str, source_root: str | os.PathLike,
              full_verify: bool) -> Scan:
     with gc_paused():
-        cache, _ = _cache(storage, dataset, with_manifest=False)
+        cache, _ = last_scan_cache(storage, dataset, with_manifest=False)
         return scan_dataset(source_root, cache=cache, full_verify=full_verify, probe_images=False)
 
 

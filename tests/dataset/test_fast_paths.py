@@ -29,7 +29,8 @@ from lora_pipeline.dataset.images import (
 )
 from lora_pipeline.dataset.layout import DatasetError, list_dataset
 from lora_pipeline.dataset.scan import FileStat, gc_paused, scan_dataset
-from lora_pipeline.dataset.snapshot import load_snapshot, take_snapshot
+from lora_pipeline.dataset.snapshot import load_snapshot
+from lora_pipeline.dataset.snapshot_write import take_snapshot
 from lora_pipeline.dataset.statcache import _file_stats
 from lora_pipeline.dataset.tokens import estimate_column, estimate_tokens
 from tests.dataset.helpers import pair, png

@@ -21,7 +21,8 @@ from lora_pipeline.dataset import guard
 from lora_pipeline.dataset.checks import CheckInput, check_readable_images, notes
 from lora_pipeline.dataset.guard import Refused, parse_refusal, read_capped
 from lora_pipeline.dataset.scan import scan_dataset
-from lora_pipeline.dataset.snapshot import source_drift, source_fingerprint, take_snapshot
+from lora_pipeline.dataset.snapshot import source_drift, source_fingerprint
+from lora_pipeline.dataset.snapshot_write import take_snapshot
 from tests.dataset.helpers import bomb_png, pair, plain_dataset, png
 
 

@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 
 from lora_pipeline.dataset.integrity import ObjectError, read_object, verify_object, verify_snapshot_objects
-from lora_pipeline.dataset.snapshot import latest_snapshot, object_location, object_path, take_snapshot
+from lora_pipeline.dataset.snapshot import latest_snapshot, object_location, object_path
+from lora_pipeline.dataset.snapshot_write import take_snapshot
 from tests.dataset.helpers import overwrite_stored, plain_dataset, to_legacy_layout
 
 

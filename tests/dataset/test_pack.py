@@ -20,8 +20,8 @@ from lora_pipeline.dataset.snapshot import (
     object_path,
     source_drift,
     source_fingerprint,
-    take_snapshot,
 )
+from lora_pipeline.dataset.snapshot_write import take_snapshot
 from tests.dataset.helpers import pair, plain_dataset, to_legacy_layout
 
 

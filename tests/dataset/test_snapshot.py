@@ -17,8 +17,8 @@ from lora_pipeline.dataset.snapshot import (
     object_location,
     source_drift,
     source_fingerprint,
-    take_snapshot,
 )
+from lora_pipeline.dataset.snapshot_write import take_snapshot
 from tests.dataset.helpers import pair, plain_dataset
 
 CONTRACT_COLUMNS = {"path", "sha256", "width", "height", "caption", "caption_sha256", "phash"}

@@ -16,7 +16,7 @@ from lora_pipeline.dataset import guard
 from lora_pipeline.dataset.integrity import read_object
 from lora_pipeline.dataset.layout import walk_dataset
 from lora_pipeline.dataset.scan import RACY_MARGIN_NS, FileStat, StatCache, scan_dataset
-from lora_pipeline.dataset.snapshot import take_snapshot
+from lora_pipeline.dataset.snapshot_write import take_snapshot
 from lora_pipeline.dataset.statcache import STAT_CACHE_KEY, read_stat_cache, stat_cache_doc
 from tests.dataset.helpers import pair, plain_dataset, png
 

@@ -81,7 +81,7 @@ def test_seed_collapse():
 
 
 def test_memorization_against_the_dataset_snapshot(toy_dataset, tmp_path):
-    from lora_pipeline.dataset.snapshot import take_snapshot
+    from lora_pipeline.dataset.snapshot_write import take_snapshot
 
     res = take_snapshot(tmp_path / "storage", "products", toy_dataset)
     rel = res.scan.frame["path"][0]

@@ -84,7 +84,7 @@ def _record_variant(world: World, run_id: str, **changes) -> None:
 @pytest.fixture(scope="package")
 def world(tmp_path_factory, toy_base, toy_dataset, native_run) -> World:
     from lora_pipeline.config import load_config
-    from lora_pipeline.dataset.snapshot import take_snapshot
+    from lora_pipeline.dataset.snapshot_write import take_snapshot
     from lora_pipeline.quiet import quiet_libraries
     from lora_pipeline.training.ingest import ingest_run, write_run_record
 

@@ -171,7 +171,7 @@ def test_config_unknown_for_missing_facts_and_conflicts(runs_dir, workspace, koh
 def test_dataset_not_snapshotted_then_linked_then_source_changed(runs_dir, workspace, native_run, toy_dataset, tmp_path):
     import shutil
 
-    from lora_pipeline.dataset.snapshot import take_snapshot
+    from lora_pipeline.dataset.snapshot_write import take_snapshot
 
     ds = tmp_path / "ds"
     shutil.copytree(toy_dataset, ds)
