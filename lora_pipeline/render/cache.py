@@ -127,8 +127,8 @@ class RenderCache:
                                                  sort_keys=True, ensure_ascii=True))
         buf = io.BytesIO()
         image.save(buf, format="PNG", pnginfo=info)
-        _replace(self.png(key), buf.getvalue())
-        _replace(self.sidecar(key), (json.dumps(entry, indent=1, default=str) + "\n").encode())
+        write_whole(self.png(key), buf.getvalue())
+        write_whole(self.sidecar(key), (json.dumps(entry, indent=1, default=str) + "\n").encode())
         return entry, buf.getvalue()
 
     def remove(self, key: str) -> None:
@@ -136,7 +136,7 @@ class RenderCache:
         self.sidecar(key).unlink(missing_ok=True)
 
 
-def _replace(dest: Path, data: bytes) -> None:
+def write_whole(dest: Path, data: bytes) -> None:
     """Write `dest` whole: a temporary file beside it, then a rename (never read half-written); no disk
     sync (module docstring: a lost or torn entry is detected and rendered again)."""
     import tempfile

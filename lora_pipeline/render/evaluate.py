@@ -10,7 +10,8 @@ checkpoint's manifest. A `call_hook` (which may change the call) bypasses the ca
 `evaluation.json` (schema_version 1; the reports layer turns it into report.json):
     {schema_version, run_id, checkpoint_id, step, verdict, findings [Finding.to_dict()],
      provenance {base_model, lora, trigger, eval, runtime {device, dtype, memory_settings,
-                 library_versions, pipeline_load, pipeline_load_s}, dataset_snapshot, dagster_run_id},
+                 library_versions, pipeline_load (cold|warm|skipped: render/replay.py), pipeline_load_s},
+                 dataset_snapshot, dagster_run_id},
      renders [{path (relative to the renders dir), manifest (sidecar path), arm, prompt_index, prompt,
                negative_prompt, seed, width, height, steps, guidance_scale, scheduler, token_counts,
                sha256 (file), pixels_sha256, save_s, render_key, render_cache (hit|miss|null)}],
@@ -34,7 +35,7 @@ from typing import Any
 
 from lora_pipeline.findings import Finding, verdict
 from lora_pipeline.fsutil import atomic_write_json
-from lora_pipeline.render import cache, compare, contract, documents, infotext, manifest, ops, prompts
+from lora_pipeline.render import cache, compare, contract, documents, infotext, manifest, ops, prompts, replay
 from lora_pipeline.render.families import set_scheduler
 from lora_pipeline.render.log_batch import BatchedLog
 from lora_pipeline.render.pipeline import CachedPipeline, cached_keys, discard, get_pipeline
@@ -120,6 +121,7 @@ class _Evaluation:
         self.sampler_a1111: dict[str, Any] | None = None
         self.guidance: dict[str, Any] | None = None  # families.guidance: what guidance and negative prompt do
         self.token_counts: dict[tuple, dict] = {}
+        self.prompt_findings: list[Finding] = []  # check_pipeline_prompts' findings, for the proof record
         self.cache = cache.RenderCache(inp.storage_root / cache.CACHE_DIR) \
             if inp.storage_root is not None and call_hook is None else None  # a hooked call may change pixels
         self.fresh: set[tuple] = set()  # (prompt_index, seed, arm) rendered here (not from the cache)
@@ -140,7 +142,7 @@ class _Evaluation:
         self.findings += contract.check_resolution(inp.spec, inp.facts, self.subject)
         if report is not None:
             self.lora_facts = documents.lora_facts(inp, report)
-        if self.base_identity:
+        if self.base_identity and not replay.replayed(self, report):  # all cached: no pipeline (replay.py)
             self._with_pipeline(report)
         return self._finish()
 
@@ -172,6 +174,7 @@ class _Evaluation:
             self.guidance, found, self.token_counts = prompts.check_pipeline_prompts(
                 pipe, inp.spec, inp.facts, report, self.subject)
             self.findings += found
+            self.prompt_findings = found
             self._render_arm_set(("base",), None)
             self._determinism()
             if any(f.code in LORA_CONTRACT and f.severity == "error" for f in self.findings):
@@ -208,6 +211,7 @@ class _Evaluation:
             self._skip(LORA_ARMS, "LoRA contract failed: " + ", ".join(sorted({f.code for f in outcome.findings})))
             return
         self.lora_facts.update(documents.lora_applied(outcome))
+        replay.save(self, report, outcome, self.prompt_findings)
         try:
             self._render_arm_set(LORA_ARMS, self.lora_facts)
         finally:

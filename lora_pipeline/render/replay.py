@@ -1,0 +1,134 @@
+"""An evaluation whose every render is in the render cache, done without loading the base pipeline.
+
+Such an evaluation (`evaluate --all` over cached renders, a backfill of old checkpoints) used to load
+the base pipeline only for what the pipeline itself tells: the scheduler it runs, what the negative
+prompt does and the prompt token counts (prompts.check_pipeline_prompts), and the LoRA load proof
+(lora/load.py: loaded, active, changes the computation, by value). On a real base that load is most
+of the time of a cached evaluation. Those answers are functions of inputs we can key on, so after a
+clean pipeline run they are kept as a *proof record*, and a later evaluation with the same key replays
+it: it derives every render key from the record and, only when every render is a valid cache entry
+(all read before anything is taken over), writes the checkpoint's renders from the cache, takes the
+record's findings and evidence (`lora_load.proof_reused` says when and by which run they were made)
+and never loads the base. Anything missing (a render evicted, a record unreadable) runs the full path.
+
+Key (sha256 of the canonical JSON): RECORD_VERSION, base model sha256, LoRA file sha256 and path,
+the eval spec (prompts, negative prompt, seeds, size, steps, guidance, scheduler, LoRA scale), the
+run's trigger, the captions' trigger and the file's declared one, whether the file is all zeros,
+dtype, device type, memory settings, and every library version including lora_pipeline's. Bump
+RECORD_VERSION when the proof or the prompt checks change what they find.
+
+Layout: `<storage>/render-cache/proofs/<key[:2]>/<key>.json`, written whole (temporary name, then
+rename). Records are untrusted input: one that does not parse or lacks a field is not used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lora_pipeline.findings import Finding
+from lora_pipeline.render import cache, compare, documents
+from lora_pipeline.render.pipeline import MEMORY_SETTINGS
+from lora_pipeline.render.spec import ARMS
+
+RECORD_VERSION = 1
+PROOFS_DIR = "proofs"  # under the render cache
+
+
+def record_key(ev: Any, report: Any) -> str:
+    inp = ev.inp
+    fields = {"record_version": RECORD_VERSION, "base_sha256": ev.base_identity["sha256"],
+              "lora_sha256": report.sha256, "lora_path": str(inp.checkpoint.path), "spec": inp.spec.to_dict(),
+              "trigger": inp.facts.trigger, "caption_trigger": inp.facts.caption_trigger,
+              "metadata_trigger": report.declared.get("trigger"), "all_zero": bool(report.all_zero),
+              "dtype": inp.dtype, "device_type": inp.device.split(":")[0], "memory_settings": MEMORY_SETTINGS,
+              "library_versions": ev.versions}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=True, default=str).encode()).hexdigest()
+
+
+def record_path(ev: Any, key: str) -> Path:
+    return ev.cache.root / PROOFS_DIR / key[:2] / f"{key}.json"
+
+
+def save(ev: Any, report: Any, outcome: Any, prompt_findings: list[Finding]) -> None:
+    """Keep what the pipeline told this evaluation (called once the LoRA is proven applied)."""
+    if ev.cache is None:
+        return
+    key = record_key(ev, report)
+    record = {"record_version": RECORD_VERSION, "key": key,
+              "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+              "dagster_run_id": ev.inp.dagster_run_id, "scheduler": ev.scheduler,
+              "sampler_a1111": ev.sampler_a1111, "guidance": ev.guidance,
+              "token_counts": [[pi, trig, counts] for (pi, trig), counts in sorted(ev.token_counts.items())],
+              "prompt_findings": [f.to_dict() for f in prompt_findings],
+              "lora_findings": [f.to_dict() for f in outcome.findings], "lora_evidence": outcome.evidence,
+              "lora_timings": outcome.timings, "lora_applied": documents.lora_applied(outcome),
+              "adapter_name": ev.lora_facts.get("adapter_name")}
+    cache.write_whole(record_path(ev, key), (json.dumps(record, indent=1, default=str) + "\n").encode())
+
+
+def _load(ev: Any, key: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(record_path(ev, key).read_text("utf-8"))
+        ok = (record.get("key") == key and record.get("record_version") == RECORD_VERSION
+              and isinstance(record.get("scheduler"), str) and isinstance(record.get("lora_applied"), dict)
+              and all(isinstance(record.get(k), list) for k in ("token_counts", "prompt_findings", "lora_findings"))
+              and isinstance(record.get("lora_evidence"), dict) and isinstance(record.get("adapter_name"), str))
+        if ok:
+            record["token_counts"] = {(int(pi), bool(t)): dict(c) for pi, t, c in record["token_counts"]}
+            record["findings"] = [Finding.from_dict(d) for d in record["prompt_findings"] + record["lora_findings"]]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return record if ok else None
+
+
+def replayed(ev: Any, report: Any) -> bool:
+    """Evaluate `ev` from its proof record and the render cache, without the pipeline; False (nothing
+    changed in `ev`) when there is no usable record or any render is not in the cache."""
+    if ev.cache is None or report is None or ev.lora_facts is None:
+        return False
+    from lora_pipeline.render.evaluate import LORA_CONTRACT
+
+    if any(f.code in LORA_CONTRACT and f.severity == "error" for f in ev.findings):
+        return False
+    key = record_key(ev, report)
+    record = _load(ev, key)
+    if record is None:
+        return False
+    inp = ev.inp
+    # The adapter the proof was made with (the manifest names the adapter that carried the LoRA).
+    lora = {**ev.lora_facts, "adapter_name": record["adapter_name"], **record["lora_applied"]}
+    planned = []
+    for arm, (pi, template), seed in itertools.product(ARMS, enumerate(inp.spec.prompts), inp.spec.seeds):
+        req = ev._request(arm, pi, template, seed)
+        arm_lora = None if arm == "base" else lora
+        fields = documents.cache_key_fields(inp, ev.base_identity, req, arm_lora, record["scheduler"], ev.versions)
+        render_key = cache.render_key(fields)
+        hit = ev.cache.get(render_key)
+        if hit is None:
+            return False
+        planned.append((req, template, arm_lora, render_key, hit))
+    # Every render is there: take the record over, then write the checkpoint's renders from the cache.
+    ev.scheduler, ev.sampler_a1111, ev.guidance = record["scheduler"], record.get("sampler_a1111"), record.get("guidance")
+    ev.token_counts = record["token_counts"]
+    for f in record["findings"]:
+        f.subject = ev.subject
+    ev.findings += record["findings"]
+    ev.lora_facts = lora
+    ev.load_timings = {"pipeline_load": "skipped", "pipeline_load_s": 0.0}
+    ev.doc["lora_load"] = {**record["lora_evidence"], "proof_reused": {
+        "created_at": record.get("created_at"), "dagster_run_id": record.get("dagster_run_id"), "record": key,
+        "timings": record.get("lora_timings")}}
+    ev.log(f"every render cached and LoRA proof record {key[:12]} (made {record.get('created_at')}) reused: "
+           "base pipeline not loaded")
+    for req, template, arm_lora, render_key, hit in planned:
+        cache.HITS[req.arm] += 1
+        out = documents.output_from_entry(hit.image, hit.entry)
+        ev._keep(req, inp.out_dir / req.arm / f"{req.name}.png", out, hit.entry.get("timings") or {}, arm_lora,
+                 template, render_key, "hit", hit.encoded)
+    ev.doc["determinism"] = compare.determinism_reused(inp.spec.seeds[0])
+    return True
