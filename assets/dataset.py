@@ -190,6 +190,7 @@ def run_dataset_check(name: str, key: str, cfg: Config, snap=None, manifest: Cal
     from lora_pipeline.dataset.checks import CHECKS, CheckInput
     from lora_pipeline.dataset.layout import DatasetError
     from lora_pipeline.dataset.snapshot import source_drift
+    from lora_pipeline.dataset.tokens import token_memo_dir
 
     ds = _dataset(cfg, key)
     snap = snap if snap is not None else _latest(cfg, key)
@@ -208,5 +209,6 @@ def run_dataset_check(name: str, key: str, cfg: Config, snap=None, manifest: Cal
                      resolution=c.resolution, min_images=c.min_images,
                      min_distinct_caption_ratio=c.min_distinct_caption_ratio,
                      near_duplicate_distance=c.near_duplicate_distance,
-                     tokenizer_base=_tokenizer_base(cfg) if name == "caption_length" else None)
+                     tokenizer_base=_tokenizer_base(cfg) if name == "caption_length" else None,
+                     token_memo=token_memo_dir(cfg.storage))
     return _result(name, CHECKS[name][1](inp), extra)

@@ -66,6 +66,7 @@ class CheckInput:
     min_distinct_caption_ratio: float = 0.5
     near_duplicate_distance: int = 4
     tokenizer_base: Path | None = None  # a base model folder with tokenizer/, else an estimate
+    token_memo: Path | None = None  # a folder for the real token counts (dataset/tokens.py)
     excluded: list[str] = field(default_factory=list)  # "<folder>\t<why>": lora-pipeline's own folders left out
 
 
@@ -367,7 +368,7 @@ def check_caption_length(inp: CheckInput) -> list[Finding]:
         long = dict(zip(over["path"].to_list(), over["tokens"].to_list(), strict=True))
     else:
         caps = frame.rows()
-        counts, limit, method = count_tokens([c for _, c in caps], inp.tokenizer_base)
+        counts, limit, method = count_tokens([c for _, c in caps], inp.tokenizer_base, inp.token_memo)
         long = {p: counts[c] for p, c in caps if counts[c] > limit}
     if not long:
         return []

@@ -5,12 +5,22 @@ real CLIP tokenizer (transformers, imported here only when needed), special toke
 its `model_max_length`. Without one, the count is an *estimate*, labelled as such: the CLIP
 pre-tokenisation (words, single digits, punctuation runs) with one token per word up to 10
 characters and one more per further 5, plus start and end tokens, against CLIP's 77.
+
+Real counts are kept in a memo when the caller names a folder for it (`<storage>/render-cache/
+token-counts/<key>.json`, key: sha256 of the tokenizer's files and the transformers version; caption
+sha256 -> count, and the limit): a dataset re-checked with the same tokenizer (a forced re-run, the
+reports' dataset section) counts only captions it has not seen, and with none new does not import
+transformers (~0.7 s). The memo is untrusted input: one that does not parse is started afresh.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import math
 import re
+from importlib import metadata
 from pathlib import Path
 
 import polars as pl
@@ -67,15 +77,60 @@ def estimate_column(captions: pl.Series) -> tuple[pl.Series, int, str]:
     return counts, CLIP_MAX_LENGTH, ESTIMATE_METHOD
 
 
-def count_tokens(captions: list[str], base: str | Path | None) -> tuple[dict[str, int], int, str]:
-    """caption -> token count, the limit, and how it was counted (a label for the evidence)."""
+def count_tokens(captions: list[str], base: str | Path | None, memo_dir: Path | None = None
+                 ) -> tuple[dict[str, int], int, str]:
+    """caption -> token count, the limit, and how it was counted (a label for the evidence); with
+    `memo_dir`, real counts come from and go to the memo (module docstring)."""
     unique = sorted(set(captions))
     folder = tokenizer_folder(base)
-    if folder is not None:
+    if folder is None:
+        return {c: estimate_tokens(c) for c in unique}, CLIP_MAX_LENGTH, ESTIMATE_METHOD
+    memo_path = memo_dir / f"{_tokenizer_key(folder)}.json" if memo_dir is not None else None
+    limit, known = _read_memo(memo_path)
+    by_sha = {c: hashlib.sha256(c.encode("utf-8", "surrogatepass")).hexdigest() for c in unique}
+    missing = [c for c in unique if by_sha[c] not in known]
+    if missing or limit is None:
         from transformers import CLIPTokenizer
 
         tok = CLIPTokenizer.from_pretrained(str(folder))
         limit = int(tok.model_max_length) if 0 < int(tok.model_max_length) < 100_000 else CLIP_MAX_LENGTH
-        ids = tok(unique, add_special_tokens=True, truncation=False)["input_ids"] if unique else []
-        return {c: len(i) for c, i in zip(unique, ids, strict=True)}, limit, f"CLIP tokenizer at {folder}"
-    return {c: estimate_tokens(c) for c in unique}, CLIP_MAX_LENGTH, ESTIMATE_METHOD
+        ids = tok(missing, add_special_tokens=True, truncation=False)["input_ids"] if missing else []
+        known.update({by_sha[c]: len(i) for c, i in zip(missing, ids, strict=True)})
+        if memo_path is not None:
+            from lora_pipeline.render.cache import write_whole
+
+            write_whole(memo_path, json.dumps({"limit": limit, "counts": known}, sort_keys=True).encode())
+    return {c: known[by_sha[c]] for c in unique}, limit, f"CLIP tokenizer at {folder}"
+
+
+def token_memo_dir(storage: str | Path) -> Path:
+    """Where a storage root keeps its token-count memos (module docstring)."""
+    from lora_pipeline.render.cache import CACHE_DIR
+
+    return Path(storage) / CACHE_DIR / "token-counts"
+
+
+def _tokenizer_key(folder: Path) -> str:
+    """sha256 over the tokenizer's files (name and bytes) and the transformers version."""
+    h = hashlib.sha256()
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        h.update(metadata.version("transformers").encode())
+    for f in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".json", ".txt", ".model")):
+        h.update(f"\0{f.name}\0{f.stat().st_size}\0".encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _read_memo(path: Path | None) -> tuple[int | None, dict[str, int]]:
+    """(limit, caption sha256 -> count) from the memo; (None, {}) when absent or malformed."""
+    if path is None:
+        return None, {}
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+        limit, counts = doc["limit"], doc["counts"]
+        if (type(limit) is int and limit > 0 and isinstance(counts, dict)
+                and all(type(v) is int and v >= 0 for v in counts.values())):
+            return limit, counts
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    return None, {}

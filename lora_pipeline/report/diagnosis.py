@@ -76,7 +76,7 @@ def dataset_findings(config: Config, record) -> tuple[list[Finding], dict[str, A
     """The dataset checks on the snapshot the run trained on (else the dataset's latest snapshot)."""
     from lora_pipeline.dataset.checks import CheckInput, run_checks
     from lora_pipeline.dataset.snapshot import latest_snapshot, load_snapshot
-    from lora_pipeline.dataset.tokens import tokenizer_folder
+    from lora_pipeline.dataset.tokens import token_memo_dir, tokenizer_folder
 
     name, sid = record.dataset.name, record.dataset.snapshot_id
     facts: dict[str, Any] = {"dataset": name, "snapshot_id": sid, "path": record.dataset.path}
@@ -93,7 +93,8 @@ def dataset_findings(config: Config, record) -> tuple[list[Finding], dict[str, A
                      trigger=(ds.trigger if ds and ds.trigger else record.trigger),
                      resolution=c.resolution, min_images=c.min_images,
                      min_distinct_caption_ratio=c.min_distinct_caption_ratio,
-                     near_duplicate_distance=c.near_duplicate_distance, tokenizer_base=Path(base) if base else None)
+                     near_duplicate_distance=c.near_duplicate_distance, tokenizer_base=Path(base) if base else None,
+                     token_memo=token_memo_dir(config.storage))
     facts.update(snapshot_id=snap.snapshot_id, which=which, created_at=snap.created_at,
                  manifest=str(snap.manifest_path), source_root=snap.source_root, files=len(snap.files))
     return run_checks(inp), facts

@@ -152,3 +152,33 @@ def test_symlinked_image_out_of_root_is_unreadable(tmp_path):
     os.symlink(tmp_path / "out.png", ds / "link.png")
     ev = _check(ds)["DATASET.UNREADABLE_IMAGE"]
     assert ev["reasons"] == {"link.png": "symlink leaves the dataset root"}
+
+
+def test_token_count_memo_counts_only_new_captions_and_survives_damage(tmp_path, toy_base):
+    import json
+    import subprocess
+    import sys
+
+    from lora_pipeline.dataset.tokens import count_tokens
+
+    caps = [f"a photo of {TRIGGER}", "a red chair " * 30]
+    direct, limit, method = count_tokens(caps, toy_base)
+    memo = tmp_path / "memo"
+    assert count_tokens(caps, toy_base, memo) == (direct, limit, method)
+    (path,) = memo.glob("*.json")
+    assert sorted(json.loads(path.read_text())["counts"].values()) == sorted(direct.values())
+    # A full memo answers without transformers (a fresh interpreter shows what it imported).
+    code = ("import sys; from pathlib import Path; from lora_pipeline.dataset.tokens import count_tokens; "
+            f"print(count_tokens({caps!r}, Path({str(toy_base)!r}), Path({str(memo)!r}))[0]); "
+            "print('transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == repr(direct) and out[1] == "False"
+    # A new caption is counted and added; the known ones come from the memo.
+    doc = json.loads(path.read_text())
+    doc["counts"] = {k: v + 1000 for k, v in doc["counts"].items()}  # marks the memo's answers
+    path.write_text(json.dumps(doc))
+    got, _, _ = count_tokens([*caps, "chair"], toy_base, memo)
+    assert [got[c] for c in caps] == [direct[c] + 1000 for c in caps] and got["chair"] == 3
+    # A damaged memo is counted afresh.
+    path.write_text('{"limit": "77", "counts": []}')
+    assert count_tokens(caps, toy_base, memo)[0] == direct
