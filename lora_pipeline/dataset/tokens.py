@@ -85,7 +85,7 @@ def count_tokens(captions: list[str], base: str | Path | None, memo_dir: Path | 
     folder = tokenizer_folder(base)
     if folder is None:
         return {c: estimate_tokens(c) for c in unique}, CLIP_MAX_LENGTH, ESTIMATE_METHOD
-    memo_path = memo_dir / f"{_tokenizer_key(folder)}.json" if memo_dir is not None else None
+    memo_path = memo_dir / f"{tokenizer_key(folder)}.json" if memo_dir is not None else None
     limit, known = _read_memo(memo_path)
     by_sha = {c: hashlib.sha256(c.encode("utf-8", "surrogatepass")).hexdigest() for c in unique}
     missing = [c for c in unique if by_sha[c] not in known]
@@ -110,7 +110,7 @@ def token_memo_dir(storage: str | Path) -> Path:
     return Path(storage) / CACHE_DIR / "token-counts"
 
 
-def _tokenizer_key(folder: Path) -> str:
+def tokenizer_key(folder: Path) -> str:
     """sha256 over the tokenizer's files (name and bytes) and the transformers version."""
     h = hashlib.sha256()
     with contextlib.suppress(metadata.PackageNotFoundError):

@@ -75,6 +75,7 @@ def load_record(config: Config, run_id: str):
 def dataset_findings(config: Config, record) -> tuple[list[Finding], dict[str, Any]]:
     """The dataset checks on the snapshot the run trained on (else the dataset's latest snapshot)."""
     from lora_pipeline.dataset.checks import CheckInput, run_checks
+    from lora_pipeline.dataset.findings_memo import record_key, snapshot_findings
     from lora_pipeline.dataset.snapshot import latest_snapshot, load_snapshot
     from lora_pipeline.dataset.tokens import token_memo_dir, tokenizer_folder
 
@@ -89,15 +90,20 @@ def dataset_findings(config: Config, record) -> tuple[list[Finding], dict[str, A
         return [], {**facts, "which": "none"}
     ds, c = config.datasets.get(name), config.checks
     base = record.base_model.path if tokenizer_folder(record.base_model.path) else None
-    inp = CheckInput(snap.manifest(), name, snap.orphan_captions, snap.refused_symlinks,
-                     trigger=(ds.trigger if ds and ds.trigger else record.trigger),
-                     resolution=c.resolution, min_images=c.min_images,
-                     min_distinct_caption_ratio=c.min_distinct_caption_ratio,
-                     near_duplicate_distance=c.near_duplicate_distance, tokenizer_base=Path(base) if base else None,
-                     token_memo=token_memo_dir(config.storage))
+    settings = {"trigger": ds.trigger if ds and ds.trigger else record.trigger, "resolution": c.resolution,
+                "min_images": c.min_images, "min_distinct_caption_ratio": c.min_distinct_caption_ratio,
+                "near_duplicate_distance": c.near_duplicate_distance}
     facts.update(snapshot_id=snap.snapshot_id, which=which, created_at=snap.created_at,
                  manifest=str(snap.manifest_path), source_root=snap.source_root, files=len(snap.files))
-    return run_checks(inp), facts
+
+    def compute() -> list[Finding]:
+        return run_checks(CheckInput(snap.manifest(), name, snap.orphan_captions, snap.refused_symlinks,
+                                     tokenizer_base=Path(base) if base else None,
+                                     token_memo=token_memo_dir(config.storage), **settings))
+
+    # The same immutable snapshot under every checkpoint's report: checked once (dataset/findings_memo.py).
+    key = record_key(name, snap, settings, tokenizer_folder(base) if base else None)
+    return snapshot_findings(config.storage, key, compute), facts
 
 
 def record_findings(record, ck) -> list[Finding]:
