@@ -59,6 +59,7 @@ def provenance_html(doc: dict[str, Any]) -> str:
         ("LoRA path", esc(lora.get("path"))), ("LoRA sha256", f"<code>{esc(lora.get('sha256'))}</code>"),
         ("LoRA scale / alpha source", esc(f"{lora.get('scale')} / {lora.get('alpha_source')}")),
         ("LoRA as applied", esc(_as_applied(lora))),
+        ("LoRA load proof", esc(_proof((doc.get("metrics") or {}).get("lora_load") or {}))),
         ("trigger", f"<code>{esc(p.get('trigger'))}</code>"),
         ("prompts", "<br>".join(esc(x) for x in ev.get("prompts") or [])),
         ("negative prompt", esc(ev.get("negative_prompt"))), ("seeds", esc(ev.get("seeds"))),
@@ -126,3 +127,13 @@ def _as_applied(lora: dict) -> str:
     return (f"{how} ({lora.get('modules_as_file')} modules by value); rank {lora.get('file_ranks')}, "
             f"alpha {lora.get('file_alphas')} ({', '.join(lora.get('file_alpha_sources') or [])}), "
             f"scale alpha/rank {lora.get('file_scales')} x strength {lora.get('scale')}")
+
+
+def _proof(lora_load: dict) -> str:
+    """Where the load proof comes from: this evaluation, or a proof record (render/replay.py)."""
+    reused = lora_load.get("proof_reused")
+    if isinstance(reused, dict):
+        return (f"reused: proven {reused.get('created_at')} in Dagster run {reused.get('dagster_run_id')} on the same "
+                "base, file, settings and library versions; every render came from the render cache and the base "
+                "was not loaded")
+    return "made in this evaluation" if lora_load else "none (the LoRA was not loaded)"

@@ -61,6 +61,10 @@ def test_all_cached_evaluation_replays_the_proof_without_loading_the_base(toy_ba
     assert doc["provenance"]["runtime"]["pipeline_load"] == "skipped"
     reused = doc["lora_load"]["proof_reused"]
     assert reused["record"] == records[0].stem and reused["created_at"]
+    from lora_pipeline.report.checkpoint_html import _proof  # the report page says where the proof comes from
+
+    assert _proof(doc["lora_load"]).startswith("reused: proven") and _proof(first.document["lora_load"]) == \
+        "made in this evaluation"
     assert second.verdict == first.verdict == "ok", [f.code for f in second.findings]
     assert doc["render_counts"] == {"rendered": 0, "reused": 3}
     for row in doc["renders"]:  # each checkpoint copy carries the full manifest, adapter named
