@@ -12,6 +12,7 @@ untrusted input: one that does not parse is recomputed and written again.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable
@@ -31,12 +32,20 @@ def _code_digest() -> str:
     return h.hexdigest()
 
 
-def record_key(name: str, snap: Any, settings: dict[str, Any], tokenizer: Path | None) -> str:
+def record_key(name: str, snap: Any, settings: dict[str, Any], tokenizer: Path | None) -> str | None:
+    """The record's key; None (the checks run, nothing kept) when the tokenizer or the check
+    modules' source cannot be read."""
     from lora_pipeline.dataset.tokens import tokenizer_key
 
+    try:
+        code = _code_digest()
+    except OSError:
+        return None
+    tok = tokenizer_key(tokenizer) if tokenizer is not None else None
+    if tokenizer is not None and tok is None:
+        return None
     fields = {"dataset": name, "snapshot_id": snap.snapshot_id, "orphan_captions": sorted(snap.orphan_captions),
-              "refused": sorted(snap.refused_symlinks), "settings": settings,
-              "tokenizer": tokenizer_key(tokenizer) if tokenizer is not None else None, "code": _code_digest()}
+              "refused": sorted(snap.refused_symlinks), "settings": settings, "tokenizer": tok, "code": code}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -46,10 +55,13 @@ def memo_dir(storage: str | Path) -> Path:
     return Path(storage) / CACHE_DIR / "dataset-findings"
 
 
-def snapshot_findings(storage: str | Path, key: str, compute: Callable[[], list[Finding]]) -> list[Finding]:
-    """The findings recorded under `key`, else `compute()`'s, recorded."""
+def snapshot_findings(storage: str | Path, key: str | None, compute: Callable[[], list[Finding]]) -> list[Finding]:
+    """The findings recorded under `key`, else `compute()`'s, recorded (best effort: a record that
+    cannot be written costs the next report a computation)."""
     from lora_pipeline.render.cache import write_whole
 
+    if key is None:
+        return compute()
     path = memo_dir(storage) / key[:2] / f"{key}.json"
     try:
         doc = json.loads(path.read_text("utf-8"))
@@ -58,5 +70,7 @@ def snapshot_findings(storage: str | Path, key: str, compute: Callable[[], list[
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         pass
     found = compute()
-    write_whole(path, (json.dumps({"key": key, "findings": [f.to_dict() for f in found]}, default=str) + "\n").encode())
+    with contextlib.suppress(OSError):
+        write_whole(path, (json.dumps({"key": key, "findings": [f.to_dict() for f in found]}, default=str)
+                           + "\n").encode())
     return found

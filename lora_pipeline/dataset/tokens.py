@@ -85,7 +85,8 @@ def count_tokens(captions: list[str], base: str | Path | None, memo_dir: Path | 
     folder = tokenizer_folder(base)
     if folder is None:
         return {c: estimate_tokens(c) for c in unique}, CLIP_MAX_LENGTH, ESTIMATE_METHOD
-    memo_path = memo_dir / f"{tokenizer_key(folder)}.json" if memo_dir is not None else None
+    key = tokenizer_key(folder) if memo_dir is not None else None
+    memo_path = memo_dir / f"{key}.json" if memo_dir is not None and key is not None else None
     limit, known = _read_memo(memo_path)
     by_sha = {c: hashlib.sha256(c.encode("utf-8", "surrogatepass")).hexdigest() for c in unique}
     missing = [c for c in unique if by_sha[c] not in known]
@@ -99,7 +100,8 @@ def count_tokens(captions: list[str], base: str | Path | None, memo_dir: Path | 
         if memo_path is not None:
             from lora_pipeline.render.cache import write_whole
 
-            write_whole(memo_path, json.dumps({"limit": limit, "counts": known}, sort_keys=True).encode())
+            with contextlib.suppress(OSError):  # a memo that cannot be written costs the next run a count
+                write_whole(memo_path, json.dumps({"limit": limit, "counts": known}, sort_keys=True).encode())
     return {c: known[by_sha[c]] for c in unique}, limit, f"CLIP tokenizer at {folder}"
 
 
@@ -110,14 +112,26 @@ def token_memo_dir(storage: str | Path) -> Path:
     return Path(storage) / CACHE_DIR / "token-counts"
 
 
-def tokenizer_key(folder: Path) -> str:
-    """sha256 over the tokenizer's files (name and bytes) and the transformers version."""
+# What a CLIP tokenizer folder's loading reads (transformers' CLIPTokenizer and its fast variant).
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "tokenizer.json")
+
+
+def tokenizer_key(folder: Path) -> str | None:
+    """sha256 over the tokenizer's files (name and bytes) and the transformers version; None when
+    they cannot be read (no memo then)."""
     h = hashlib.sha256()
     with contextlib.suppress(metadata.PackageNotFoundError):
         h.update(metadata.version("transformers").encode())
-    for f in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".json", ".txt", ".model")):
-        h.update(f"\0{f.name}\0{f.stat().st_size}\0".encode())
-        h.update(f.read_bytes())
+    try:
+        for name in TOKENIZER_FILES:
+            f = folder / name
+            if f.is_file():  # regular files only (a device or FIFO is never read)
+                data = f.read_bytes()
+                h.update(f"\0{name}\0{len(data)}\0".encode())
+                h.update(data)
+    except OSError:
+        return None
     return h.hexdigest()
 
 

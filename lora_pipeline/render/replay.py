@@ -23,6 +23,7 @@ rename). Records are untrusted input: one that does not parse or lacks a field i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -68,7 +69,8 @@ def save(ev: Any, report: Any, outcome: Any, prompt_findings: list[Finding]) -> 
               "lora_findings": [f.to_dict() for f in outcome.findings], "lora_evidence": outcome.evidence,
               "lora_timings": outcome.timings, "lora_applied": documents.lora_applied(outcome),
               "adapter_name": ev.lora_facts.get("adapter_name")}
-    cache.write_whole(record_path(ev, key), (json.dumps(record, indent=1, default=str) + "\n").encode())
+    with contextlib.suppress(OSError):  # best effort: without a record the next evaluation loads the base
+        cache.write_whole(record_path(ev, key), (json.dumps(record, indent=1, default=str) + "\n").encode())
 
 
 def _load(ev: Any, key: str) -> dict[str, Any] | None:

@@ -182,3 +182,7 @@ def test_token_count_memo_counts_only_new_captions_and_survives_damage(tmp_path,
     # A damaged memo is counted afresh.
     path.write_text('{"limit": "77", "counts": []}')
     assert count_tokens(caps, toy_base, memo)[0] == direct
+    # A memo that cannot be written (its folder is a file) costs nothing but the memo.
+    blocked = tmp_path / "blocked"
+    blocked.write_text("")
+    assert count_tokens(caps, toy_base, blocked / "memo")[0] == direct

@@ -48,3 +48,6 @@ def test_findings_computed_once_per_snapshot_and_settings(tmp_path, toy_base):
     path.write_text("{not json")
     assert [f.to_dict() for f in snapshot_findings(storage, key, compute)] == direct and len(calls) == 3
     assert json.loads(path.read_text())["key"] == key
+    # A storage where the record cannot be written: the findings, nothing kept.
+    (tmp_path / "blocked").write_text("")
+    assert [f.to_dict() for f in snapshot_findings(tmp_path / "blocked", key, compute)] == direct
