@@ -34,7 +34,7 @@ from pandera.api.polars.types import PolarsData
 
 from lora_pipeline.findings import Finding
 from lora_pipeline.fsutil import atomic_write_bytes, atomic_write_json
-from lora_pipeline.render import infotext
+from lora_pipeline.render import infotext, recent
 
 SCHEMA_VERSION = 1
 PARAMETERS_CHUNK = "parameters"
@@ -222,6 +222,7 @@ def write_render(png_path: Path, image: Any, manifest: dict[str, Any], encoded: 
         data = png_bytes(image, manifest)
     atomic_write_bytes(png_path, data)
     atomic_write_json(png_path.with_suffix(".json"), manifest)
+    recent.remember(png_path, image)  # the report's grid, next in this process, reads it from memory
     return png_path
 
 

@@ -73,10 +73,23 @@ def _draw(by: dict, keys: list[tuple[int, int]], storage_root: Path, cell: int):
             x = LABEL_W + PAD + j * (cell + PAD)
             path = by.get((p, s, arm))
             try:
-                with Image.open(storage_root / path) as im:
-                    up = im.width < cell  # a small render enlarged pixel by pixel (sharper, smaller PNG)
-                    img.paste(im.convert("RGB").resize((cell, cell), Image.NEAREST if up else Image.BICUBIC), (x, y))
+                im = _render_rgb(storage_root / path)
+                up = im.width < cell  # a small render enlarged pixel by pixel (sharper, smaller PNG)
+                img.paste(im.resize((cell, cell), Image.NEAREST if up else Image.BICUBIC), (x, y))
             except (OSError, ValueError, TypeError):
                 d.rectangle([x, y, x + cell - 1, y + cell - 1], outline=(200, 200, 200))
                 d.text((x + 4, y + cell // 2 - 5), "missing", fill=(150, 150, 150))
     return img
+
+
+def _render_rgb(path: Path):
+    """The render's pixels: from memory when this process just wrote the file (render/recent.py)."""
+    from PIL import Image
+
+    from lora_pipeline.render.recent import recalled
+
+    kept = recalled(path)
+    if kept is not None:
+        return kept
+    with Image.open(path) as im:
+        return im.convert("RGB")

@@ -184,3 +184,33 @@ def test_comparison_grid_is_the_largest_cell_of_the_series_within_the_byte_budge
         assert im.width == _draw(by, [(0, 1)], tmp_path, fits).width  # the width says the cell
     assert _next_cell(128, 10 * budget, budget) < 128 * 4 // 5  # far over: cells that cannot fit skipped
     assert _next_cell(128, budget + 1, budget) == 128 * 4 // 5  # just over: the next cell is tried
+
+
+def test_grid_uses_renders_just_written_from_memory_and_only_while_the_file_is_unchanged(tmp_path):
+    """render/recent.py: the same grid bytes from memory as from the files; a file changed since it was
+    written is read from disk."""
+    from lora_pipeline.render import recent
+    from lora_pipeline.render.manifest import write_render
+    from lora_pipeline.report.grid_image import _render_rgb, comparison_grid_png
+
+    rng = __import__("numpy").random.default_rng(2)
+    manifest = {"prompt": "p", "scheduler": "DDIMScheduler", "steps": 2, "guidance_scale": 4.0, "seed": 1,
+                "width": 48, "height": 48, "base_model": {"name": "toy", "sha256": "0" * 64}}
+    renders = []
+    for arm in ("base", "lora_no_trigger", "lora_trigger"):
+        rel = f"{arm}/0-1.png"
+        (tmp_path / arm).mkdir()
+        image = Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype="uint8"))
+        write_render(tmp_path / rel, image, {**manifest, "arm": arm})
+        renders.append({"arm": arm, "prompt_index": 0, "seed": 1, "path": rel})
+        assert recent.recalled(tmp_path / rel) is image
+    from_memory = comparison_grid_png(renders, tmp_path)
+    recent.forget_all()
+    assert recent.recalled(tmp_path / renders[0]["path"]) is None
+    assert comparison_grid_png(renders, tmp_path) == from_memory  # the same pixels either way
+    # A file replaced after it was written: its own pixels, not the remembered ones.
+    target = tmp_path / renders[1]["path"]
+    kept = Image.new("RGB", (48, 48), (0, 0, 255))
+    write_render(target, kept, {**manifest, "arm": "lora_no_trigger"})
+    Image.new("RGB", (48, 48), (255, 0, 0)).save(target)
+    assert recent.recalled(target) is None and _render_rgb(target).getpixel((5, 5)) == (255, 0, 0)
