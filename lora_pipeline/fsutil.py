@@ -33,8 +33,9 @@ def sha256_bytes(data: bytes) -> str:
 
 
 @contextmanager
-def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; on success it is renamed onto `dest` (never half-written)."""
+def atomic_path(dest: str | os.PathLike, sync: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `dest`; on success it is renamed onto `dest` (never half-written).
+    `sync=False` skips the disk sync, for caches whose torn or lost entries are detected and redone."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -42,16 +43,17 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     tmp_p = Path(tmp)
     try:
         yield tmp_p
-        with open(tmp_p, "rb+") as f:
-            os.fsync(f.fileno())
+        if sync:
+            with open(tmp_p, "rb+") as f:
+                os.fsync(f.fileno())
         os.replace(tmp_p, dest)
     finally:
         if tmp_p.exists():
             tmp_p.unlink()
 
 
-def atomic_write_bytes(dest: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(dest) as tmp:
+def atomic_write_bytes(dest: str | os.PathLike, data: bytes, sync: bool = True) -> Path:
+    with atomic_path(dest, sync) as tmp:
         tmp.write_bytes(data)
     return Path(dest)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_pipeline.findings import Finding
+from lora_pipeline.fsutil import atomic_write_bytes
 
 # the modules whose answers are kept (under lora_pipeline/)
 _CODE = ("dataset/checks.py", "dataset/tokens.py", "dataset/guard.py", "dataset/layout.py", "findings.py")
@@ -58,8 +59,6 @@ def memo_dir(storage: str | Path) -> Path:
 def snapshot_findings(storage: str | Path, key: str | None, compute: Callable[[], list[Finding]]) -> list[Finding]:
     """The findings recorded under `key`, else `compute()`'s, recorded (best effort: a record that
     cannot be written costs the next report a computation)."""
-    from lora_pipeline.render.cache import write_whole
-
     if key is None:
         return compute()
     path = memo_dir(storage) / key[:2] / f"{key}.json"
@@ -71,6 +70,6 @@ def snapshot_findings(storage: str | Path, key: str | None, compute: Callable[[]
         pass
     found = compute()
     with contextlib.suppress(OSError):
-        write_whole(path, (json.dumps({"key": key, "findings": [f.to_dict() for f in found]}, default=str)
-                           + "\n").encode())
+        atomic_write_bytes(path, (json.dumps({"key": key, "findings": [f.to_dict() for f in found]}, default=str)
+                           + "\n").encode(), sync=False)
     return found

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import polars as pl
 
+from lora_pipeline.fsutil import atomic_write_bytes
+
 CLIP_MAX_LENGTH = 77
 _PRE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+", re.IGNORECASE)
 
@@ -98,10 +100,9 @@ def count_tokens(captions: list[str], base: str | Path | None, memo_dir: Path | 
         ids = tok(missing, add_special_tokens=True, truncation=False)["input_ids"] if missing else []
         known.update({by_sha[c]: len(i) for c, i in zip(missing, ids, strict=True)})
         if memo_path is not None:
-            from lora_pipeline.render.cache import write_whole
-
             with contextlib.suppress(OSError):  # a memo that cannot be written costs the next run a count
-                write_whole(memo_path, json.dumps({"limit": limit, "counts": known}, sort_keys=True).encode())
+                atomic_write_bytes(memo_path, json.dumps({"limit": limit, "counts": known}, sort_keys=True).encode(),
+                                   sync=False)
     return {c: known[by_sha[c]] for c in unique}, limit, f"CLIP tokenizer at {folder}"
 
 

@@ -24,11 +24,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lora_pipeline.fsutil import atomic_write_bytes
 
 CACHE_DIR = "render-cache"
 KEY_VERSION = 2  # 2: the LoRA verified by value (`applied`); v1 renders of native files had half their alpha
@@ -127,26 +128,11 @@ class RenderCache:
                                                  sort_keys=True, ensure_ascii=True))
         buf = io.BytesIO()
         image.save(buf, format="PNG", pnginfo=info)
-        write_whole(self.png(key), buf.getvalue())
-        write_whole(self.sidecar(key), (json.dumps(entry, indent=1, default=str) + "\n").encode())
+        # no disk sync (module docstring: a lost or torn entry is detected and rendered again)
+        atomic_write_bytes(self.png(key), buf.getvalue(), sync=False)
+        atomic_write_bytes(self.sidecar(key), (json.dumps(entry, indent=1, default=str) + "\n").encode(), sync=False)
         return entry, buf.getvalue()
 
     def remove(self, key: str) -> None:
         self.png(key).unlink(missing_ok=True)
         self.sidecar(key).unlink(missing_ok=True)
-
-
-def write_whole(dest: Path, data: bytes) -> None:
-    """Write `dest` whole: a temporary file beside it, then a rename (never read half-written); no disk
-    sync (module docstring: a lost or torn entry is detected and rendered again)."""
-    import tempfile
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

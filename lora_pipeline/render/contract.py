@@ -24,7 +24,16 @@ from lora_pipeline.render.base_identity import base_identity
 from lora_pipeline.render.families import pipeline_family
 from lora_pipeline.render.spec import BaseChoice, DeclaredBase, EvalSpec, RunFacts
 
+# Findings of the LoRA contract: any of these (severity error) skips the LoRA arms.
+LORA_CONTRACT = {"RUNTIME.BASE_MODEL_MISMATCH", "RUNTIME.LORA_MISSING", "RUNTIME.LORA_INVALID",
+                 "RUNTIME.LORA_INCOMPATIBLE", "RUNTIME.LORA_PARTIAL", "RUNTIME.LORA_NOT_APPLIED"}
 _SD_FAMILY = {"sd1", "sd2", "sd-unet"}
+
+
+def lora_contract_errors(findings: list[Finding]) -> set[str]:
+    """The LORA_CONTRACT codes among `findings` with severity error (any of them skips the LoRA arms)."""
+    return {f.code for f in findings if f.code in LORA_CONTRACT and f.severity == "error"}
+
 # Model families by network kind; `sd-unet` and `flux` are the generic members of theirs (the version
 # is not decidable from the file), compatible with every member: the load itself decides there.
 _KIND = {"sd1": "unet", "sd2": "unet", "sdxl": "unet", "sd-unet": "unet", "sd3": "mmdit",

@@ -45,9 +45,6 @@ from lora_pipeline.render.spec import ARMS, LORA_ARMS, BaseChoice, CheckpointInp
 EVALUATION_FILE = "evaluation.json"
 SLOW_S = 5.0  # a render phase this long is logged as it ends; denoise progress at most this often
 _ADAPTER_SEQ = itertools.count(1)
-# Findings of the LoRA contract: any of these (severity error) skips the LoRA arms.
-LORA_CONTRACT = {"RUNTIME.BASE_MODEL_MISMATCH", "RUNTIME.LORA_MISSING", "RUNTIME.LORA_INVALID",
-                 "RUNTIME.LORA_INCOMPATIBLE", "RUNTIME.LORA_PARTIAL", "RUNTIME.LORA_NOT_APPLIED"}
 
 
 @dataclass
@@ -177,10 +174,8 @@ class _Evaluation:
             self.prompt_findings = found
             self._render_arm_set(("base",), None)
             self._determinism()
-            if any(f.code in LORA_CONTRACT and f.severity == "error" for f in self.findings):
-                reason = "LoRA contract failed: " + ", ".join(sorted({f.code for f in self.findings
-                                                                     if f.code in LORA_CONTRACT}))
-                self._skip(LORA_ARMS, reason)
+            if failed := contract.lora_contract_errors(self.findings):
+                self._skip(LORA_ARMS, "LoRA contract failed: " + ", ".join(sorted(failed)))
             else:
                 self._load_and_render_lora(report)
         finally:
@@ -239,26 +234,36 @@ class _Evaluation:
         for arm, (pi, template), seed in itertools.product(arms, enumerate(spec.prompts), spec.seeds):
             self._render(arm, pi, template, seed, lora)
 
-    def _request(self, arm: str, pi: int, template: str, seed: int) -> RenderRequest:
+    def request(self, arm: str, pi: int, template: str, seed: int) -> RenderRequest:
         with_trigger = arm != "lora_no_trigger"
         return RenderRequest(arm, pi, seed, prompts.arm_prompt(template, self.inp.facts.trigger, with_trigger),
                              self.inp.spec.negative_prompt)
 
+    def cached(self, req: RenderRequest, lora: dict[str, Any] | None, scheduler: str) -> tuple[dict, str, Any]:
+        """(cache key fields, key, the valid cache entry or None) of one render."""
+        fields = documents.cache_key_fields(self.inp, self.base_identity, req, lora, scheduler, self.versions)
+        key = cache.render_key(fields)
+        return fields, key, self.cache.get(key)
+
+    def keep_hit(self, req: RenderRequest, template: str, lora: dict[str, Any] | None, key: str, hit: Any) -> Any:
+        """Write the checkpoint's copy of a cached render and record it; returns its image."""
+        cache.HITS[req.arm] += 1
+        out = documents.output_from_entry(hit.image, hit.entry)
+        self._keep(req, self._png(req), out, hit.entry.get("timings") or {}, lora, template, key, "hit", hit.encoded)
+        return out.image
+
+    def _png(self, req: RenderRequest) -> Path:
+        return self.inp.out_dir / req.arm / f"{req.name}.png"
+
     def _render(self, arm: str, pi: int, template: str, seed: int, lora: dict[str, Any] | None,
                 keep_file: bool = True) -> Any:
-        inp = self.inp
-        req = self._request(arm, pi, template, seed)
-        png = inp.out_dir / arm / f"{req.name}.png"
+        req = self.request(arm, pi, template, seed)
+        png = self._png(req)
         key = fields = None
         if keep_file and self.cache is not None:
-            fields = documents.cache_key_fields(inp, self.base_identity, req, lora, self.scheduler, self.versions)
-            key = cache.render_key(fields)
-            hit = self.cache.get(key)
+            fields, key, hit = self.cached(req, lora, self.scheduler)
             if hit is not None:
-                cache.HITS[arm] += 1
-                out = documents.output_from_entry(hit.image, hit.entry)
-                self._keep(req, png, out, hit.entry.get("timings") or {}, lora, template, key, "hit", hit.encoded)
-                return out.image
+                return self.keep_hit(req, template, lora, key, hit)
         got = self._render_now(req, png, keep_file)
         if got is None or not keep_file:
             return got
@@ -351,7 +356,7 @@ class _Evaluation:
             return
         # The reference is per resolved prompt, not per spec: runs with another trigger render another
         # base prompt, and comparing it with this one would report a false NONDETERMINISTIC.
-        req = self._request("base", 0, spec.prompts[0], spec.seeds[0])
+        req = self.request("base", 0, spec.prompts[0], spec.seeds[0])
         key = f"determinism:{spec.digest}:{req.prompt}\0{req.negative_prompt}"
         ref = self.entry.checks.get(key)
         if ref is None:

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from lora_pipeline.findings import Finding
-from lora_pipeline.render import cache, compare, documents
+from lora_pipeline.fsutil import atomic_write_bytes
+from lora_pipeline.render import compare, contract, documents
 from lora_pipeline.render.pipeline import MEMORY_SETTINGS
 from lora_pipeline.render.spec import ARMS
 
@@ -70,7 +71,8 @@ def save(ev: Any, report: Any, outcome: Any, prompt_findings: list[Finding]) -> 
               "lora_timings": outcome.timings, "lora_applied": documents.lora_applied(outcome),
               "adapter_name": ev.lora_facts.get("adapter_name")}
     with contextlib.suppress(OSError):  # best effort: without a record the next evaluation loads the base
-        cache.write_whole(record_path(ev, key), (json.dumps(record, indent=1, default=str) + "\n").encode())
+        atomic_write_bytes(record_path(ev, key), (json.dumps(record, indent=1, default=str) + "\n").encode(),
+                           sync=False)
 
 
 def _load(ev: Any, key: str) -> dict[str, Any] | None:
@@ -93,9 +95,7 @@ def replayed(ev: Any, report: Any) -> bool:
     changed in `ev`) when there is no usable record or any render is not in the cache."""
     if ev.cache is None or report is None or ev.lora_facts is None:
         return False
-    from lora_pipeline.render.evaluate import LORA_CONTRACT
-
-    if any(f.code in LORA_CONTRACT and f.severity == "error" for f in ev.findings):
+    if contract.lora_contract_errors(ev.findings):
         return False
     key = record_key(ev, report)
     record = _load(ev, key)
@@ -106,11 +106,9 @@ def replayed(ev: Any, report: Any) -> bool:
     lora = {**ev.lora_facts, "adapter_name": record["adapter_name"], **record["lora_applied"]}
     planned = []
     for arm, (pi, template), seed in itertools.product(ARMS, enumerate(inp.spec.prompts), inp.spec.seeds):
-        req = ev._request(arm, pi, template, seed)
+        req = ev.request(arm, pi, template, seed)
         arm_lora = None if arm == "base" else lora
-        fields = documents.cache_key_fields(inp, ev.base_identity, req, arm_lora, record["scheduler"], ev.versions)
-        render_key = cache.render_key(fields)
-        hit = ev.cache.get(render_key)
+        _fields, render_key, hit = ev.cached(req, arm_lora, record["scheduler"])
         if hit is None:
             return False
         planned.append((req, template, arm_lora, render_key, hit))
@@ -128,9 +126,6 @@ def replayed(ev: Any, report: Any) -> bool:
     ev.log(f"every render cached and LoRA proof record {key[:12]} (made {record.get('created_at')}) reused: "
            "base pipeline not loaded")
     for req, template, arm_lora, render_key, hit in planned:
-        cache.HITS[req.arm] += 1
-        out = documents.output_from_entry(hit.image, hit.entry)
-        ev._keep(req, inp.out_dir / req.arm / f"{req.name}.png", out, hit.entry.get("timings") or {}, arm_lora,
-                 template, render_key, "hit", hit.encoded)
+        ev.keep_hit(req, template, arm_lora, render_key, hit)
     ev.doc["determinism"] = compare.determinism_reused(inp.spec.seeds[0])
     return True
