@@ -105,6 +105,54 @@ def test_sqlite_event_writes_keep_engines_and_read_back(tmp_path):
     assert not list((tmp_path / "history").rglob("*.db-wal"))
 
 
+def _schema(db) -> tuple:
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        return (con.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name").fetchall(),
+                con.execute("SELECT version_num FROM alembic_version").fetchall(),
+                con.execute("PRAGMA journal_mode").fetchone()[0])
+    finally:
+        con.close()
+
+
+def test_new_run_shards_are_copies_of_dagsters_own_empty_shard(tmp_path):
+    """A shard from the template has the schema, alembic stamp and WAL mode of one Dagster sets up
+    itself, holds the run's events, and never replaces a shard that is already there."""
+    from assets import sqlite_events
+    from assets.sqlite_events import _shard_from_template, speed_up
+
+    @dg.asset
+    def thing():
+        return dg.MaterializeResult(metadata={"n": 1})
+
+    shards = {}
+    for name, fast in (("stock", False), ("fast", True)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "dagster.yaml").write_text("")
+        with dg.DagsterInstance.from_config(str(tmp_path / name)) as inst:
+            assert not fast or speed_up(inst)
+            run = dg.materialize([thing], instance=inst)
+            assert run.success
+            shards[name] = inst.event_log_storage.path_for_shard(run.run_id)
+            assert inst.get_latest_materialization_event(dg.AssetKey("thing")).run_id == run.run_id
+            assert any(e.dagster_event.is_step_success for e in inst.all_logs(run.run_id) if e.is_dagster_event)
+    assert sqlite_events._TEMPLATE.get("shard")  # the fast instance's shard was a copy
+    stock, fast = _schema(shards["stock"]), _schema(shards["fast"])
+    assert stock == fast and fast[2] == "wal" and fast[1]
+
+    with dg.DagsterInstance.from_config(str(tmp_path / "fast")) as inst:
+        storage = inst.event_log_storage
+        existing = os.path.getsize(shards["fast"])
+        run_id = os.path.splitext(os.path.basename(shards["fast"]))[0]
+        assert not _shard_from_template(storage, run_id, storage._initdb)  # there already: left alone
+        assert os.path.getsize(shards["fast"]) == existing
+        assert _shard_from_template(storage, "new-run", storage._initdb)
+        assert _schema(storage.path_for_shard("new-run")) == stock
+    assert not [p for p in os.listdir(os.path.dirname(shards["fast"])) if p.endswith(".tmp")]
+
+
 def test_another_event_log_storage_is_left_alone():
     from assets.sqlite_events import speed_up
 
