@@ -76,6 +76,27 @@ def _result(name: str, findings: list, extra: dict | None = None) -> dg.AssetChe
         description="; ".join(f.message for f in findings) or None)
 
 
+def source_versions(config: Config, keys: list[str], warn: Callable[[str], None]) -> dict[str, str]:
+    """The observed data version of each dataset partition in `keys`: the folder's content fingerprint,
+    "not-configured" or "unreadable" (said through `warn`). The one definition of what an observation
+    of `dataset_source` records, whether a run observes it or the launcher reports it."""
+    from lora_pipeline.dataset.layout import DatasetError
+    from lora_pipeline.dataset.snapshot import source_fingerprint
+
+    versions = {}
+    for key in keys:
+        ds = config.datasets.get(key)
+        if ds is None:
+            versions[key] = "not-configured"
+            continue
+        try:
+            versions[key] = source_fingerprint(config.storage, key, ds.path)
+        except DatasetError as e:
+            warn(str(e))
+            versions[key] = "unreadable"
+    return versions
+
+
 def definitions(config: Config) -> dg.Definitions:
     parts = dataset_partitions(config)
 
@@ -83,22 +104,9 @@ def definitions(config: Config) -> dg.Definitions:
                                 required_resource_keys={"settings"},
                                 description="Each configured dataset folder, fingerprinted by content.")
     def dataset_source(context) -> dg.DataVersionsByPartition:
-        from lora_pipeline.dataset.layout import DatasetError
-        from lora_pipeline.dataset.snapshot import source_fingerprint
-
-        cfg = context.resources.settings.config
-        versions = {}
-        for key in parts.get_partition_keys():
-            ds = cfg.datasets.get(key)
-            if ds is None:
-                versions[key] = "not-configured"
-                continue
-            try:
-                versions[key] = source_fingerprint(cfg.storage, key, ds.path)
-            except DatasetError as e:
-                context.log.warning(str(e))
-                versions[key] = "unreadable"
-        return dg.DataVersionsByPartition(versions)
+        keys = parts.get_partition_keys()
+        return dg.DataVersionsByPartition(source_versions(context.resources.settings.config, keys,
+                                                          context.log.warning))
 
     @dg.asset(key=SNAPSHOT_KEY, group_name=GROUP, partitions_def=parts, deps=[SOURCE_KEY], code_version="1",
               description="An immutable, content-addressed copy of the dataset with its manifest.parquet.")

@@ -38,6 +38,7 @@ from lora_pipeline.render.ops import process_start
 LOCK_FILE = "lora_pipeline.launch.lock"
 HOST_TAG, PID_TAG, PID_START_TAG = "lora_pipeline/host", "lora_pipeline/pid", "lora_pipeline/pid_start"
 ASSETS_TAG = "lora_pipeline/assets"  # the assets a launcher run materializes, for messages
+OBSERVED_BY_TAG = "lora_pipeline/observed_by"  # on the source observations a launch reports itself
 LAUNCH_TAG = "lora_pipeline/launcher"  # on every run the launcher executes in its own process
 Say = Callable[[str], None]
 

@@ -33,6 +33,7 @@ class LaunchSummary:
     # For assets/launch_stamp.py: what the launch acted on (taken before it acted) and its own Dagster runs.
     facts: dict = field(default_factory=dict, repr=False)
     own_runs: set[str] = field(default_factory=set, repr=False)
+    own_token: str | None = field(default=None, repr=False)  # tags the source observations it reported
 
     def _of(self, status: str) -> list[Outcome]:
         return [o for o in self.outcomes if o.status == status]

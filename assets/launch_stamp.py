@@ -160,10 +160,12 @@ def unchanged(config: Config, home: Path, run_ids: tuple[str, ...], checkpoint_i
                          pickup_seconds=int(stamp.get("pickup_seconds") or 0))
 
 
-def foreign_activity(instance, since: float, own_runs: set[str], after_event_id: int | None) -> bool:
+def foreign_activity(instance, since: float, own_runs: set[str], after_event_id: int | None,
+                     own_token: str | None = None) -> bool:
     """True when a run is not finished (anyone's), or when, since `since` (a timestamp), the instance got
     a run that is not one of `own_runs`, or an asset materialization or observation outside them (event
-    ids after `after_event_id`)."""
+    ids after `after_event_id`) that is not a runless observation tagged with `own_token` (the source
+    observations the launch reports itself)."""
     from datetime import UTC, datetime
 
     import dagster as dg
@@ -181,11 +183,18 @@ def foreign_activity(instance, since: float, own_runs: set[str], after_event_id:
         for kind in (dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.ASSET_OBSERVATION):
             records = instance.event_log_storage.get_event_records(
                 dg.EventRecordsFilter(event_type=kind, after_cursor=after_event_id))
-            if any(r.run_id not in own_runs for r in records):
+            if any(r.run_id not in own_runs and not _own_observation(r, own_token) for r in records):
                 return True
     except Exception:  # noqa: BLE001 - any doubt: no stamp (the next launch takes the full path)
         return True
     return False
+
+
+def _own_observation(record, own_token: str | None) -> bool:
+    from assets.launch_guard import OBSERVED_BY_TAG
+
+    obs = record.asset_observation
+    return bool(own_token) and not record.run_id and obs is not None and (obs.tags or {}).get(OBSERVED_BY_TAG) == own_token
 
 
 def max_event_id(instance) -> int | None:

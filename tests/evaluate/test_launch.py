@@ -118,11 +118,14 @@ def test_dagster_job_backfill_over_checkpoint_partitions(workspace):
 
 
 def test_dataset_folder_change_is_observed_and_snapshotted_again(workspace, tmp_path):
-    """An unchanged folder costs no observation run; an edited one is observed and snapshotted anew."""
+    """An unchanged folder records no observation; an edited one gets a new one (reported by the launch
+    itself, no observation run, tagged as its own) and is snapshotted anew."""
     import shutil
 
+    from assets.dataset import SOURCE_KEY
     from assets.launch import materialize
-    from lora_pipeline.dataset.snapshot import latest_snapshot
+    from assets.launch_guard import LAUNCH_TAG, OBSERVED_BY_TAG
+    from lora_pipeline.dataset.snapshot import latest_snapshot, source_fingerprint
 
     config, _run_id = workspace
     ds = tmp_path / "products-own"
@@ -132,14 +135,22 @@ def test_dataset_folder_change_is_observed_and_snapshotted_again(workspace, tmp_
     materialize(config)
     first = latest_snapshot(config.storage, "products").snapshot_id
     with _instance(config) as inst:
-        observe_runs = lambda: len([r for r in inst.get_runs() if r.tags.get("lora_pipeline/launcher") == "observe"])  # noqa: E731
-        before = observe_runs()
+        def observations():
+            return inst.event_log_storage.get_event_records(dg.EventRecordsFilter(
+                event_type=dg.DagsterEventType.ASSET_OBSERVATION, asset_key=SOURCE_KEY))
+
+        before = len(observations())
+        assert before == 1 and observations()[0].run_id == ""  # the first launch's, without a run
         unchanged = materialize(config, instance=inst)
-        assert observe_runs() == before  # nothing moved: no observation run
+        assert len(observations()) == before  # nothing moved: nothing recorded
         assert ("dataset_snapshot", "products") in {(o.asset, o.partition) for o in unchanged.up_to_date}
         (ds / "img_extra.txt").write_text("a photo of sks_chair, one more chair")
         (ds / "img_extra.png").write_bytes((ds / "img_000.png").read_bytes())
         changed = materialize(config, instance=inst)
-        assert observe_runs() == before + 1
+        latest = observations()[0]  # newest first
+        assert len(observations()) == before + 1 and latest.partition_key == "products"
+        assert latest.asset_observation.data_version == source_fingerprint(config.storage, "products", ds)
+        assert latest.asset_observation.tags[OBSERVED_BY_TAG] == changed.own_token
+        assert not [r for r in inst.get_runs() if r.tags.get(LAUNCH_TAG) == "observe"]
         assert ("dataset_snapshot", "products") in {(o.asset, o.partition) for o in changed.materialized}
     assert latest_snapshot(config.storage, "products").snapshot_id != first

@@ -77,6 +77,14 @@ def test_foreign_activity_during_a_launch_is_seen():
         inst.report_runless_asset_event(dg.AssetMaterialization("thing"))  # e.g. reported in the UI
         assert foreign_activity(inst, later, {run_id}, after)
         assert foreign_activity(inst, later, {run_id}, None)  # unknown start: never "quiet"
+        # The source observations a launch reports itself (tagged with its token) are its own.
+        from assets.launch_guard import OBSERVED_BY_TAG
+
+        later, after = time.time(), max_event_id(inst)
+        inst.report_runless_asset_event(dg.AssetObservation("src", partition="p", tags={OBSERVED_BY_TAG: "ours"}))
+        assert not foreign_activity(inst, later, {run_id}, after, own_token="ours")
+        assert foreign_activity(inst, later, {run_id}, after, own_token="another launch")
+        assert foreign_activity(inst, later, {run_id}, after)
 
 
 def test_sqlite_event_writes_keep_engines_and_read_back(tmp_path):
