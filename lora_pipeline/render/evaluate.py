@@ -175,6 +175,7 @@ class _Evaluation:
             self._render_arm_set(("base",), None)
             self._determinism()
             if failed := contract.lora_contract_errors(self.findings):
+                replay.save(self, report, None, self.prompt_findings)  # a base-only record (replay.py)
                 self._skip(LORA_ARMS, "LoRA contract failed: " + ", ".join(sorted(failed)))
             else:
                 self._load_and_render_lora(report)

@@ -11,6 +11,10 @@ it: it derives every render key from the record and, only when every render is a
 record's findings and evidence (`lora_load.proof_reused` says when and by which run they were made)
 and never loads the base. Anything missing (a render evicted, a record unreadable) runs the full path.
 
+A checkpoint whose LoRA contract fails before the load (a base mismatch, an invalid file: the LoRA
+arms are skipped) still needs the pipeline for its base arm's answers; its record is *base-only*
+(no LoRA part) and is replayed only while the contract still fails the same way, base arm alone.
+
 Key (sha256 of the canonical JSON): RECORD_VERSION, base model sha256, LoRA file sha256 and path,
 the eval spec (prompts, negative prompt, seeds, size, steps, guidance, scheduler, LoRA scale), the
 run's trigger, the captions' trigger and the file's declared one, whether the file is all zeros,
@@ -35,9 +39,9 @@ from lora_pipeline.findings import Finding
 from lora_pipeline.fsutil import atomic_write_bytes
 from lora_pipeline.render import compare, contract, documents
 from lora_pipeline.render.pipeline import MEMORY_SETTINGS
-from lora_pipeline.render.spec import ARMS
+from lora_pipeline.render.spec import ARMS, LORA_ARMS
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2  # 2: records of two kinds (full, base_only)
 PROOFS_DIR = "proofs"  # under the render cache
 
 
@@ -56,20 +60,23 @@ def record_path(ev: Any, key: str) -> Path:
     return ev.cache.root / PROOFS_DIR / key[:2] / f"{key}.json"
 
 
-def save(ev: Any, report: Any, outcome: Any, prompt_findings: list[Finding]) -> None:
-    """Keep what the pipeline told this evaluation (called once the LoRA is proven applied)."""
-    if ev.cache is None:
+def save(ev: Any, report: Any, outcome: Any | None, prompt_findings: list[Finding]) -> None:
+    """Keep what the pipeline told this evaluation: once the LoRA is proven applied (`outcome`), or, with
+    `outcome` None, once the base arm is rendered for a checkpoint whose LoRA contract failed before
+    the load (a base-only record: that evaluation never loads the LoRA)."""
+    if ev.cache is None or report is None:
         return
     key = record_key(ev, report)
-    record = {"record_version": RECORD_VERSION, "key": key,
+    record = {"record_version": RECORD_VERSION, "key": key, "kind": "full" if outcome is not None else "base_only",
               "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
               "dagster_run_id": ev.inp.dagster_run_id, "scheduler": ev.scheduler,
               "sampler_a1111": ev.sampler_a1111, "guidance": ev.guidance,
               "token_counts": [[pi, trig, counts] for (pi, trig), counts in sorted(ev.token_counts.items())],
-              "prompt_findings": [f.to_dict() for f in prompt_findings],
-              "lora_findings": [f.to_dict() for f in outcome.findings], "lora_evidence": outcome.evidence,
-              "lora_timings": outcome.timings, "lora_applied": documents.lora_applied(outcome),
-              "adapter_name": ev.lora_facts.get("adapter_name")}
+              "prompt_findings": [f.to_dict() for f in prompt_findings]}
+    if outcome is not None:
+        record.update({"lora_findings": [f.to_dict() for f in outcome.findings], "lora_evidence": outcome.evidence,
+                       "lora_timings": outcome.timings, "lora_applied": documents.lora_applied(outcome),
+                       "adapter_name": ev.lora_facts.get("adapter_name")})
     with contextlib.suppress(OSError):  # best effort: without a record the next evaluation loads the base
         atomic_write_bytes(record_path(ev, key), (json.dumps(record, indent=1, default=str) + "\n").encode(),
                            sync=False)
@@ -78,13 +85,18 @@ def save(ev: Any, report: Any, outcome: Any, prompt_findings: list[Finding]) -> 
 def _load(ev: Any, key: str) -> dict[str, Any] | None:
     try:
         record = json.loads(record_path(ev, key).read_text("utf-8"))
+        full = record.get("kind") == "full"
         ok = (record.get("key") == key and record.get("record_version") == RECORD_VERSION
-              and isinstance(record.get("scheduler"), str) and isinstance(record.get("lora_applied"), dict)
-              and all(isinstance(record.get(k), list) for k in ("token_counts", "prompt_findings", "lora_findings"))
-              and isinstance(record.get("lora_evidence"), dict) and isinstance(record.get("adapter_name"), str))
+              and record.get("kind") in ("full", "base_only") and isinstance(record.get("scheduler"), str)
+              and all(isinstance(record.get(k), list) for k in ("token_counts", "prompt_findings"))
+              and (not full or (isinstance(record.get("lora_applied"), dict)
+                                and isinstance(record.get("lora_findings"), list)
+                                and isinstance(record.get("lora_evidence"), dict)
+                                and isinstance(record.get("adapter_name"), str))))
         if ok:
             record["token_counts"] = {(int(pi), bool(t)): dict(c) for pi, t, c in record["token_counts"]}
-            record["findings"] = [Finding.from_dict(d) for d in record["prompt_findings"] + record["lora_findings"]]
+            record["findings"] = [Finding.from_dict(d)
+                                  for d in record["prompt_findings"] + (record["lora_findings"] if full else [])]
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
     return record if ok else None
@@ -92,20 +104,24 @@ def _load(ev: Any, key: str) -> dict[str, Any] | None:
 
 def replayed(ev: Any, report: Any) -> bool:
     """Evaluate `ev` from its proof record and the render cache, without the pipeline; False (nothing
-    changed in `ev`) when there is no usable record or any render is not in the cache."""
+    changed in `ev`) when there is no usable record, the record's path is not the one these inputs take
+    (LoRA contract failed or not), or any render is not in the cache."""
     if ev.cache is None or report is None or ev.lora_facts is None:
-        return False
-    if contract.lora_contract_errors(ev.findings):
         return False
     key = record_key(ev, report)
     record = _load(ev, key)
     if record is None:
         return False
+    base_only = record["kind"] == "base_only"
+    failed = contract.lora_contract_errors(ev.findings + record["findings"])
+    if base_only != bool(failed):
+        return False
     inp = ev.inp
     # The adapter the proof was made with (the manifest names the adapter that carried the LoRA).
-    lora = {**ev.lora_facts, "adapter_name": record["adapter_name"], **record["lora_applied"]}
+    lora = None if base_only else {**ev.lora_facts, "adapter_name": record["adapter_name"], **record["lora_applied"]}
     planned = []
-    for arm, (pi, template), seed in itertools.product(ARMS, enumerate(inp.spec.prompts), inp.spec.seeds):
+    for arm, (pi, template), seed in itertools.product(("base",) if base_only else ARMS, enumerate(inp.spec.prompts),
+                                                       inp.spec.seeds):
         req = ev.request(arm, pi, template, seed)
         arm_lora = None if arm == "base" else lora
         _fields, render_key, hit = ev.cached(req, arm_lora, record["scheduler"])
@@ -118,14 +134,20 @@ def replayed(ev: Any, report: Any) -> bool:
     for f in record["findings"]:
         f.subject = ev.subject
     ev.findings += record["findings"]
-    ev.lora_facts = lora
     ev.load_timings = {"pipeline_load": "skipped", "pipeline_load_s": 0.0}
-    ev.doc["lora_load"] = {**record["lora_evidence"], "proof_reused": {
-        "created_at": record.get("created_at"), "dagster_run_id": record.get("dagster_run_id"), "record": key,
-        "timings": record.get("lora_timings")}}
-    ev.log(f"every render cached and LoRA proof record {key[:12]} (made {record.get('created_at')}) reused: "
-           "base pipeline not loaded")
+    if base_only:
+        ev.log(f"every base render cached and record {key[:12]} (made {record.get('created_at')}) reused: "
+               "base pipeline not loaded (the LoRA contract failed, so the LoRA is not loaded either)")
+    else:
+        ev.lora_facts = lora
+        ev.doc["lora_load"] = {**record["lora_evidence"], "proof_reused": {
+            "created_at": record.get("created_at"), "dagster_run_id": record.get("dagster_run_id"), "record": key,
+            "timings": record.get("lora_timings")}}
+        ev.log(f"every render cached and LoRA proof record {key[:12]} (made {record.get('created_at')}) reused: "
+               "base pipeline not loaded")
     for req, template, arm_lora, render_key, hit in planned:
         ev.keep_hit(req, template, arm_lora, render_key, hit)
     ev.doc["determinism"] = compare.determinism_reused(inp.spec.seeds[0])
+    if base_only:  # as the full path does after the base arm
+        ev._skip(LORA_ARMS, "LoRA contract failed: " + ", ".join(sorted(failed)))
     return True

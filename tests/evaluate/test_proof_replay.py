@@ -103,3 +103,32 @@ def test_missing_render_changed_trigger_or_damaged_record_take_the_full_path(toy
     assert "proof_reused" not in damaged.document["lora_load"]
     replayed, loads, _ = _loads_and_renders(lambda: _evaluate(toy_base, lora, storage))
     assert loads == 0 and "proof_reused" in replayed.document["lora_load"]
+
+
+def test_lora_contract_failure_replays_a_base_only_record(toy_base, three_checkpoint_run, tmp_path):
+    """A checkpoint whose LoRA contract fails before the load (here the run declares another base) gets
+    a base-only record: cached, it is evaluated without loading the base, to the document the full path
+    writes; once the contract holds again, that record is not used (the LoRA must be loaded)."""
+    from lora_pipeline.render.spec import DeclaredBase
+
+    storage, lora = tmp_path / "storage", _files(three_checkpoint_run)[2]
+    other = DeclaredBase("toy-sd1", str(toy_base), "0" * 64, "sd1")
+    first, loads, renders = _loads_and_renders(lambda: _evaluate(toy_base, lora, storage, base=other))
+    assert (loads, renders) == (1, 2), "base arm + determinism; the LoRA arms skipped"
+    assert "RUNTIME.BASE_MODEL_MISMATCH" in first.codes() and len(first.skipped) == 2
+    records = list((storage / "render-cache" / "proofs").rglob("*.json"))
+    assert len(records) == 1 and json.loads(records[0].read_text())["kind"] == "base_only"
+
+    second, loads, renders = _loads_and_renders(lambda: _evaluate(toy_base, lora, storage, base=other))
+    assert (loads, renders) == (0, 0), "every base render cached: the base is not loaded"
+    assert second.document["provenance"]["runtime"]["pipeline_load"] == "skipped"
+    assert second.skipped == first.skipped and second.verdict == first.verdict
+    records[0].unlink()  # the full path on the same cache writes the same document
+    third, loads, _ = _loads_and_renders(lambda: _evaluate(toy_base, lora, storage, base=other))
+    assert loads == 1 and _stable(second.document) == _stable(third.document)
+
+    # The contract holds again (the run's declared base is the evaluated one): the base-only record
+    # does not fit; the full path loads the base and the LoRA.
+    fixed, loads, renders = _loads_and_renders(lambda: _evaluate(toy_base, lora, storage))
+    assert loads == 1 and renders == 2 and not fixed.skipped
+    assert fixed.document["lora_load"].get("loaded_tensors")
