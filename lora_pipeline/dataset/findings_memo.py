@@ -23,7 +23,8 @@ from lora_pipeline.findings import Finding
 from lora_pipeline.fsutil import atomic_write_bytes
 
 # the modules whose answers are kept (under lora_pipeline/)
-_CODE = ("dataset/checks.py", "dataset/tokens.py", "dataset/guard.py", "dataset/layout.py", "findings.py")
+_CODE = ("dataset/checks.py", "dataset/near_duplicates.py", "dataset/tokens.py", "dataset/guard.py",
+         "dataset/layout.py", "findings.py")
 
 
 def _code_digest() -> str:

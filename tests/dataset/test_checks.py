@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from lora_pipeline.dataset.checks import CheckInput, near_duplicate_pairs, notes, run_checks
+from lora_pipeline.dataset.checks import CheckInput, notes, run_checks
+from lora_pipeline.dataset.near_duplicates import near_duplicate_pairs
 from lora_pipeline.dataset.scan import scan_dataset
 from lora_pipeline.dataset.tokens import estimate_tokens
 from lora_pipeline.toy.dataset import write_toy_dataset

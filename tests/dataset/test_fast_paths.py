@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from lora_pipeline.dataset import checks
-from lora_pipeline.dataset.checks import CheckInput, near_duplicate_pairs
+from lora_pipeline.dataset.checks import CheckInput
 from lora_pipeline.dataset.images import (
     PHASH_BATCH,
     phash_of,
@@ -28,6 +28,7 @@ from lora_pipeline.dataset.images import (
     thumbnail_of,
 )
 from lora_pipeline.dataset.layout import DatasetError, list_dataset
+from lora_pipeline.dataset.near_duplicates import near_duplicate_pairs
 from lora_pipeline.dataset.scan import FileStat, gc_paused, scan_dataset
 from lora_pipeline.dataset.snapshot import load_snapshot
 from lora_pipeline.dataset.snapshot_write import take_snapshot
