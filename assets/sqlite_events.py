@@ -39,7 +39,6 @@ launcher then runs on Dagster's own code path, only slower.
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+
+from lora_pipeline.fsutil import atomic_write_bytes
 
 KEEP = 4  # engines kept: the index shard, the current run's shard, and a little slack
 _NEEDED = ("_connect", "_initdb", "_db_lock", "_initialized_dbs", "conn_string_for_shard", "has_table")
@@ -210,15 +211,7 @@ def _shard_from_template(storage: Any, shard: str, initdb: Callable[[Any], None]
         data = _template(initdb)
         if data is None:
             return False
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.link(tmp, path)  # never over a shard another process has just made
-        finally:
-            os.unlink(tmp)
+        atomic_write_bytes(path, data, replace=False)  # never over a shard another process has just made
         return True
     except OSError:
         return False

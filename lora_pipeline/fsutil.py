@@ -33,9 +33,11 @@ def sha256_bytes(data: bytes) -> str:
 
 
 @contextmanager
-def atomic_path(dest: str | os.PathLike, sync: bool = True) -> Iterator[Path]:
+def atomic_path(dest: str | os.PathLike, sync: bool = True, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `dest`; on success it is renamed onto `dest` (never half-written).
-    `sync=False` skips the disk sync, for caches whose torn or lost entries are detected and redone."""
+    `sync=False` skips the disk sync, for caches whose torn or lost entries are detected and redone;
+    `replace=False` never replaces a `dest` that exists by then (FileExistsError: it is linked into
+    place, which fails on an existing name, where a rename would overwrite)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -46,14 +48,17 @@ def atomic_path(dest: str | os.PathLike, sync: bool = True) -> Iterator[Path]:
         if sync:
             with open(tmp_p, "rb+") as f:
                 os.fsync(f.fileno())
-        os.replace(tmp_p, dest)
+        if replace:
+            os.replace(tmp_p, dest)
+        else:
+            os.link(tmp_p, dest)
     finally:
         if tmp_p.exists():
             tmp_p.unlink()
 
 
-def atomic_write_bytes(dest: str | os.PathLike, data: bytes, sync: bool = True) -> Path:
-    with atomic_path(dest, sync) as tmp:
+def atomic_write_bytes(dest: str | os.PathLike, data: bytes, sync: bool = True, replace: bool = True) -> Path:
+    with atomic_path(dest, sync, replace) as tmp:
         tmp.write_bytes(data)
     return Path(dest)
 

@@ -13,6 +13,7 @@ untrusted input: one that does not parse is recomputed and written again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -27,6 +28,7 @@ _CODE = ("dataset/checks.py", "dataset/near_duplicates.py", "dataset/tokens.py",
          "dataset/layout.py", "findings.py")
 
 
+@functools.cache  # the source of a running process's modules, read once (an OSError is not cached)
 def _code_digest() -> str:
     h = hashlib.sha256()
     for name in _CODE:
