@@ -20,9 +20,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# The daemon end-to-end test (real `dagster dev`, sensor and schedule ticks: 8-9 min, mostly waiting).
+# The daemon tests that run a real `dagster-daemon` for minutes: end to end (`dagster dev`, sensor and
+# schedule ticks: 8-9 min, mostly waiting) and the sensor at scale (50 runs x 10 checkpoints: ~4 min,
+# mostly the daemon creating 550 queued runs). `make test` skips them; `.ci/run` runs them beside it.
 test-daemon: $(STAMP)
-	LORA_PIPELINE_DAEMON_E2E=1 $(PY) -m pytest tests/daemon/test_daemon_end_to_end.py --basetemp=$${TMPDIR:-/tmp}/lora-pipeline-daemon-e2e
+	LORA_PIPELINE_DAEMON_E2E=1 $(PY) -m pytest tests/daemon/test_daemon_end_to_end.py tests/daemon/test_scale.py --basetemp=$${TMPDIR:-/tmp}/lora-pipeline-daemon-e2e
 
 ui: $(STAMP)
 	$(VENV)/bin/lora-pipeline ui
