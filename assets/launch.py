@@ -253,11 +253,14 @@ def _observe_sources(launch: _Launch) -> None:
 
     from assets.dataset import SOURCE_KEY, source_versions
 
-    for name, version in source_versions(launch.config, sorted(launch.config.datasets), lambda _m: None).items():
+    for name in sorted(launch.config.datasets):
+        said: list[str] = []  # why a folder is unreadable: shown on its observation in the UI
+        version = source_versions(launch.config, [name], said.append)[name]
         rec = launch.instance.get_latest_data_version_record(SOURCE_KEY, is_source=True, partition_key=name)
         if rec is None or rec.asset_observation is None or rec.asset_observation.data_version != version:
             launch.instance.report_runless_asset_event(dg.AssetObservation(
-                SOURCE_KEY, partition=name, tags={DATA_VERSION_TAG: version, OBSERVED_BY_TAG: launch.token}))
+                SOURCE_KEY, partition=name, metadata={"warning": said[0]} if said else None,
+                tags={DATA_VERSION_TAG: version, OBSERVED_BY_TAG: launch.token}))
 
 
 def _datasets(launch: _Launch) -> None:

@@ -154,3 +154,11 @@ def test_dataset_folder_change_is_observed_and_snapshotted_again(workspace, tmp_
         assert not [r for r in inst.get_runs() if r.tags.get(LAUNCH_TAG) == "observe"]
         assert ("dataset_snapshot", "products") in {(o.asset, o.partition) for o in changed.materialized}
     assert latest_snapshot(config.storage, "products").snapshot_id != first
+    shutil.rmtree(ds)  # a folder that is gone: observed as unreadable, the reason shown on the observation
+    with _instance(config) as inst:
+        gone = materialize(config, instance=inst)
+        latest = observations()[0]
+        assert latest.asset_observation.data_version == "unreadable"
+        assert str(ds) in latest.asset_observation.metadata["warning"].value
+        failed = {(o.asset, o.partition): o.reason for o in gone.failed}
+        assert str(ds) in failed[("dataset_snapshot", "products")]
