@@ -204,7 +204,9 @@ class _Evaluation:
                  f"{outcome.evidence.get('file_tensors')} tensors landed, probe rel delta "
                  f"{outcome.evidence.get('probe_rel_delta')}")
         if not outcome.applied:
-            self._skip(LORA_ARMS, "LoRA contract failed: " + ", ".join(sorted({f.code for f in outcome.findings})))
+            reason = "LoRA contract failed: " + ", ".join(sorted({f.code for f in outcome.findings}))
+            replay.save(self, report, outcome, self.prompt_findings, reason)  # a load-failed record (replay.py)
+            self._skip(LORA_ARMS, reason)
             return
         self.lora_facts.update(documents.lora_applied(outcome))
         replay.save(self, report, outcome, self.prompt_findings)

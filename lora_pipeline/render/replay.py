@@ -13,7 +13,11 @@ and never loads the base. Anything missing (a render evicted, a record unreadabl
 
 A checkpoint whose LoRA contract fails before the load (a base mismatch, an invalid file: the LoRA
 arms are skipped) still needs the pipeline for its base arm's answers; its record is *base-only*
-(no LoRA part) and is replayed only while the contract still fails the same way, base arm alone.
+(no LoRA part) and is replayed only while the contract still fails before the load, base arm alone.
+One whose LoRA loads but is not applied (LORA_NOT_APPLIED, LORA_INCOMPATIBLE: the LoRA arms are
+skipped) gets a *load-failed* record: the base arm's answers and the load's findings and evidence,
+replayed only while the contract holds up to the load, base arm alone. On a real base that is the
+base load a backfill over old incompatible checkpoints no longer pays for each of them.
 
 Key (sha256 of the canonical JSON): RECORD_VERSION, base model sha256, LoRA file sha256 and path,
 the eval spec (prompts, negative prompt, seeds, size, steps, guidance, scheduler, LoRA scale), the
@@ -41,7 +45,8 @@ from lora_pipeline.render import compare, contract, documents
 from lora_pipeline.render.pipeline import MEMORY_SETTINGS
 from lora_pipeline.render.spec import ARMS, LORA_ARMS
 
-RECORD_VERSION = 2  # 2: records of two kinds (full, base_only)
+RECORD_VERSION = 3  # 2: records of two kinds (full, base_only); 3: and load_failed
+KINDS = ("full", "base_only", "load_failed")
 PROOFS_DIR = "proofs"  # under the render cache
 
 
@@ -60,14 +65,15 @@ def record_path(ev: Any, key: str) -> Path:
     return ev.cache.root / PROOFS_DIR / key[:2] / f"{key}.json"
 
 
-def save(ev: Any, report: Any, outcome: Any | None, prompt_findings: list[Finding]) -> None:
-    """Keep what the pipeline told this evaluation: once the LoRA is proven applied (`outcome`), or, with
-    `outcome` None, once the base arm is rendered for a checkpoint whose LoRA contract failed before
-    the load (a base-only record: that evaluation never loads the LoRA)."""
+def save(ev: Any, report: Any, outcome: Any | None, prompt_findings: list[Finding], skip_reason: str = "") -> None:
+    """Keep what the pipeline told this evaluation, after its base arm: the LoRA's load proof (`outcome`),
+    applied (a full record) or not (load-failed: the LoRA arms skipped for `skip_reason`), or, with
+    `outcome` None, nothing of the LoRA (base-only: its contract failed before the load)."""
     if ev.cache is None or report is None:
         return
     key = record_key(ev, report)
-    record = {"record_version": RECORD_VERSION, "key": key, "kind": "full" if outcome is not None else "base_only",
+    kind = "base_only" if outcome is None else "full" if outcome.applied else "load_failed"
+    record = {"record_version": RECORD_VERSION, "key": key, "kind": kind,
               "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
               "dagster_run_id": ev.inp.dagster_run_id, "scheduler": ev.scheduler,
               "sampler_a1111": ev.sampler_a1111, "guidance": ev.guidance,
@@ -75,8 +81,9 @@ def save(ev: Any, report: Any, outcome: Any | None, prompt_findings: list[Findin
               "prompt_findings": [f.to_dict() for f in prompt_findings]}
     if outcome is not None:
         record.update({"lora_findings": [f.to_dict() for f in outcome.findings], "lora_evidence": outcome.evidence,
-                       "lora_timings": outcome.timings, "lora_applied": documents.lora_applied(outcome),
-                       "adapter_name": ev.lora_facts.get("adapter_name")})
+                       "lora_timings": outcome.timings, "adapter_name": ev.lora_facts.get("adapter_name")})
+        record.update({"lora_applied": documents.lora_applied(outcome)} if outcome.applied else
+                      {"skip_reason": skip_reason})
     with contextlib.suppress(OSError):  # best effort: without a record the next evaluation loads the base
         atomic_write_bytes(record_path(ev, key), (json.dumps(record, indent=1, default=str) + "\n").encode(),
                            sync=False)
@@ -85,18 +92,21 @@ def save(ev: Any, report: Any, outcome: Any | None, prompt_findings: list[Findin
 def _load(ev: Any, key: str) -> dict[str, Any] | None:
     try:
         record = json.loads(record_path(ev, key).read_text("utf-8"))
-        full = record.get("kind") == "full"
+        kind = record.get("kind")
+        loaded = kind in ("full", "load_failed")  # the LoRA was loaded: its proof is in the record
         ok = (record.get("key") == key and record.get("record_version") == RECORD_VERSION
-              and record.get("kind") in ("full", "base_only") and isinstance(record.get("scheduler"), str)
+              and kind in KINDS and isinstance(record.get("scheduler"), str)
               and all(isinstance(record.get(k), list) for k in ("token_counts", "prompt_findings"))
-              and (not full or (isinstance(record.get("lora_applied"), dict)
-                                and isinstance(record.get("lora_findings"), list)
-                                and isinstance(record.get("lora_evidence"), dict)
-                                and isinstance(record.get("adapter_name"), str))))
+              and (not loaded or (isinstance(record.get("lora_findings"), list)
+                                  and isinstance(record.get("lora_evidence"), dict)
+                                  and isinstance(record.get("adapter_name"), str)))
+              and (kind != "full" or isinstance(record.get("lora_applied"), dict))
+              and (kind != "load_failed" or isinstance(record.get("skip_reason"), str)))
         if ok:
             record["token_counts"] = {(int(pi), bool(t)): dict(c) for pi, t, c in record["token_counts"]}
-            record["findings"] = [Finding.from_dict(d)
-                                  for d in record["prompt_findings"] + (record["lora_findings"] if full else [])]
+            record["prompt"] = [Finding.from_dict(d) for d in record["prompt_findings"]]
+            record["findings"] = record["prompt"] + [Finding.from_dict(d)
+                                                     for d in (record["lora_findings"] if loaded else [])]
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         return None
     return record if ok else None
@@ -112,15 +122,17 @@ def replayed(ev: Any, report: Any) -> bool:
     record = _load(ev, key)
     if record is None:
         return False
-    base_only = record["kind"] == "base_only"
-    failed = contract.lora_contract_errors(ev.findings + record["findings"])
+    kind = record["kind"]
+    base_only, full = kind == "base_only", kind == "full"
+    # The contract as it stands before the LoRA load decides the path; the record must be of that path.
+    failed = contract.lora_contract_errors(ev.findings + record["prompt"])
     if base_only != bool(failed):
         return False
     inp = ev.inp
     # The adapter the proof was made with (the manifest names the adapter that carried the LoRA).
-    lora = None if base_only else {**ev.lora_facts, "adapter_name": record["adapter_name"], **record["lora_applied"]}
+    lora = {**ev.lora_facts, "adapter_name": record["adapter_name"], **record["lora_applied"]} if full else None
     planned = []
-    for arm, (pi, template), seed in itertools.product(("base",) if base_only else ARMS, enumerate(inp.spec.prompts),
+    for arm, (pi, template), seed in itertools.product(ARMS if full else ("base",), enumerate(inp.spec.prompts),
                                                        inp.spec.seeds):
         req = ev.request(arm, pi, template, seed)
         arm_lora = None if arm == "base" else lora
@@ -135,19 +147,21 @@ def replayed(ev: Any, report: Any) -> bool:
         f.subject = ev.subject
     ev.findings += record["findings"]
     ev.load_timings = {"pipeline_load": "skipped", "pipeline_load_s": 0.0}
+    made = f"record {key[:12]} (made {record.get('created_at')}) reused: base pipeline not loaded"
     if base_only:
-        ev.log(f"every base render cached and record {key[:12]} (made {record.get('created_at')}) reused: "
-               "base pipeline not loaded (the LoRA contract failed, so the LoRA is not loaded either)")
+        ev.log(f"every base render cached and {made} (the LoRA contract failed, so the LoRA is not loaded either)")
     else:
-        ev.lora_facts = lora
+        ev.lora_facts = lora if full else {**ev.lora_facts, "adapter_name": record["adapter_name"]}
         ev.doc["lora_load"] = {**record["lora_evidence"], "proof_reused": {
             "created_at": record.get("created_at"), "dagster_run_id": record.get("dagster_run_id"), "record": key,
             "timings": record.get("lora_timings")}}
-        ev.log(f"every render cached and LoRA proof record {key[:12]} (made {record.get('created_at')}) reused: "
-               "base pipeline not loaded")
+        ev.log(f"every render cached and LoRA proof {made}" if full else
+               f"every base render cached and LoRA load {made} (the LoRA was not applied: {record['skip_reason']})")
     for req, template, arm_lora, render_key, hit in planned:
         ev.keep_hit(req, template, arm_lora, render_key, hit)
     ev.doc["determinism"] = compare.determinism_reused(inp.spec.seeds[0])
     if base_only:  # as the full path does after the base arm
         ev._skip(LORA_ARMS, "LoRA contract failed: " + ", ".join(sorted(failed)))
+    elif not full:  # as the full path does after a load that did not apply
+        ev._skip(LORA_ARMS, record["skip_reason"])
     return True

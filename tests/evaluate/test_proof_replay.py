@@ -132,3 +132,61 @@ def test_lora_contract_failure_replays_a_base_only_record(toy_base, three_checkp
     fixed, loads, renders = _loads_and_renders(lambda: _evaluate(toy_base, lora, storage))
     assert loads == 1 and renders == 2 and not fixed.skipped
     assert fixed.document["lora_load"].get("loaded_tensors")
+
+
+def _renamed(src: Path, out: Path, share: float) -> Path:
+    """`src` with the first `share` of its modules' keys under a prefix no loader maps ("diffusion_model."
+    instead of "unet."): 1.0 loads nothing (LORA_NOT_APPLIED), 0.5 lands half (LORA_PARTIAL)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(src), "pt") as f:
+        meta, keys = f.metadata(), sorted(f.keys())
+        modules = sorted({k.rsplit(".lora.", 1)[0] for k in keys})
+        moved = set(modules[: round(len(modules) * share)])
+        tensors = {(k.replace("unet.", "diffusion_model.", 1) if k.rsplit(".lora.", 1)[0] in moved else k): f.get_tensor(k)
+                   for k in keys}
+    save_file(tensors, str(out), metadata=meta)
+    return out
+
+
+def test_lora_loaded_but_not_applied_replays_a_load_failed_record(toy_base, three_checkpoint_run, tmp_path):
+    """A LoRA that loads but lands nowhere (LORA_NOT_APPLIED: the LoRA arms skipped) gets a load-failed
+    record: cached, it is evaluated without loading the base, to the document the full path writes,
+    the load's findings and evidence included."""
+    storage = tmp_path / "storage"
+    lora = _renamed(_files(three_checkpoint_run)[1], tmp_path / "prefix.safetensors", 1.0)
+    first, loads, renders = _loads_and_renders(lambda: _evaluate(toy_base, lora, storage))
+    assert "RUNTIME.LORA_NOT_APPLIED" in first.codes(), [(f.code, f.message) for f in first.findings]
+    assert (loads, renders) == (1, 2), "base arm + determinism; the LoRA arms skipped after the load"
+    assert {s["arm"] for s in first.skipped} == {"lora_no_trigger", "lora_trigger"}
+    records = list((storage / "render-cache" / "proofs").rglob("*.json"))
+    assert len(records) == 1 and json.loads(records[0].read_text())["kind"] == "load_failed"
+
+    second, loads, renders = _loads_and_renders(lambda: _evaluate(toy_base, lora, storage))
+    assert (loads, renders) == (0, 0), "every base render cached and the load recorded: the base is not loaded"
+    doc = second.document
+    assert doc["provenance"]["runtime"]["pipeline_load"] == "skipped"
+    assert doc["lora_load"]["proof_reused"]["record"] == records[0].stem
+    assert second.skipped == first.skipped and second.verdict == first.verdict == "evaluation_invalid"
+    assert second.codes() == first.codes()
+    records[0].unlink()  # the full path on the same cache writes the same document
+    third, loads, _ = _loads_and_renders(lambda: _evaluate(toy_base, lora, storage))
+    assert loads == 1 and _stable(second.document) == _stable(third.document)
+
+
+def test_partially_applied_lora_replays_its_record_with_every_arm(toy_base, three_checkpoint_run, tmp_path):
+    """A LoRA half of whose modules land (LORA_PARTIAL: rendered, marked partial) replays its full record:
+    the contract check before the load decides the path, not the partial finding the load made."""
+    storage = tmp_path / "storage"
+    lora = _renamed(_files(three_checkpoint_run)[1], tmp_path / "half.safetensors", 0.5)
+    first, loads, renders = _loads_and_renders(lambda: _evaluate(toy_base, lora, storage))
+    assert "RUNTIME.LORA_PARTIAL" in first.codes() and not first.skipped
+    assert (loads, renders) == (1, 4)
+    second, loads, renders = _loads_and_renders(lambda: _evaluate(toy_base, lora, storage))
+    assert (loads, renders) == (0, 0)
+    assert second.document["provenance"]["lora"]["applied"] == "partial"
+    records = list((storage / "render-cache" / "proofs").rglob("*.json"))
+    records[0].unlink()
+    third, loads, _ = _loads_and_renders(lambda: _evaluate(toy_base, lora, storage))
+    assert loads == 1 and _stable(second.document) == _stable(third.document)
