@@ -26,8 +26,8 @@ import os
 
 import dagster as dg
 
-from assets.launch import partitioned_by, stale_resolver
 from assets.partitions import CHECKPOINTS_NAME, TRAINING_RUNS
+from assets.staleness import partitioned_by, stale_resolver
 from lora_pipeline.config import Config
 
 SCHEDULE_NAME = "reevaluate_stale"

@@ -53,9 +53,10 @@ from assets.launch_guard import (
     open_instance,
 )
 from assets.launch_result import LaunchSummary, Outcome
-from assets.partitions import CHECKPOINT_IDS, CHECKPOINTS_NAME, TRAINING_RUNS, dimension_keys, partitions_kind
+from assets.partitions import CHECKPOINT_IDS, CHECKPOINTS_NAME, TRAINING_RUNS, dimension_keys
 from assets.root_cause import error_line, step_failure_line
 from assets.run_health import RunHealth
+from assets.staleness import partitioned_by, stale_cause, stale_resolver
 from lora_pipeline.config import Config
 
 Progress = Callable[[int, int, str], None]  # (done, total, label of what just finished)
@@ -64,35 +65,6 @@ Say = Callable[[str], None]  # one line for the user, printed at once (waits, lo
 
 class LaunchError(Exception):
     """The launch cannot start (unknown run or checkpoint); one line."""
-
-
-def partitioned_by(graph, name: str) -> list[dg.AssetKey]:
-    """Materializable assets on `name` ('training_runs' or 'checkpoints', assets/partitions.py), in
-    graph order."""
-    return [k for k in graph.toposorted_asset_keys
-            if graph.get(k).is_materializable and partitions_kind(graph.get(k).partitions_def) == name]
-
-
-def stale_resolver(instance: dg.DagsterInstance, graph):
-    """Dagster's own stale-status resolver over `graph`, as of now."""
-    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
-    from dagster._core.definitions.data_version import CachingStaleStatusResolver
-    from dagster._time import get_current_datetime
-
-    view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
-                          instance=instance, asset_graph=graph)
-    return CachingStaleStatusResolver(instance=instance, asset_graph=graph, loading_context=view)
-
-
-def _stale_cause(resolver, key: dg.AssetKey, partition: str) -> str:
-    """Dagster's first stale cause in words: "stale: eval_renders has a new code version",
-    "stale: training_run[r1] has a new data version"."""
-    causes = resolver.get_stale_causes(key, partition)
-    if not causes:
-        return "stale"
-    c = causes[0]
-    where = c.asset_key.to_user_string() + (f"[{c.partition_key}]" if c.partition_key else "")
-    return f"stale: {where} {c.reason}"
 
 
 class _Launch:
@@ -147,7 +119,7 @@ class _Launch:
             changed = expected is not None and self._recorded_version(k, partition) != expected
             lost = k.path[-1] == "eval_renders" and not self._evaluation_exists(partition)
             why = ("new" if status == StaleStatus.MISSING else
-                   _stale_cause(resolver, k, partition) if status == StaleStatus.STALE else
+                   stale_cause(resolver, k, partition) if status == StaleStatus.STALE else
                    "stale: file content changed" if changed else
                    "stale: its evaluation.json is missing" if lost else
                    f"stale: after {upstream.to_user_string()}" if upstream else None)

@@ -33,7 +33,7 @@ def _restore(run, file: str, entry: dict) -> None:
 
 def _statuses(config, keys_by_asset: dict[str, list[str]]) -> dict[tuple[str, str], str]:
     from assets import build_definitions
-    from assets.launch import stale_resolver
+    from assets.staleness import stale_resolver
     from lora_pipeline.instance import prepare_dagster_home
 
     graph = build_definitions(config=config).resolve_asset_graph()
